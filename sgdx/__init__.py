@@ -1,0 +1,40 @@
+"""sgdx: PyTorch's SGD, exactly, as composable JAX gradient transformations."""
+
+from sgdx._alias import sgd
+from sgdx._base import (
+    EmptyState,
+    GradientTransformation,
+    Schedule,
+    ScalarOrSchedule,
+    apply_updates,
+    chain,
+    identity,
+)
+from sgdx._momentum import SutskeverTraceState, TraceState, sutskever_trace, trace
+from sgdx._transforms import (
+    ScaleByLearningRateState,
+    add_decayed_weights,
+    maximize,
+    scale_by_learning_rate,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EmptyState",
+    "GradientTransformation",
+    "ScalarOrSchedule",
+    "ScaleByLearningRateState",
+    "Schedule",
+    "SutskeverTraceState",
+    "TraceState",
+    "add_decayed_weights",
+    "apply_updates",
+    "chain",
+    "identity",
+    "maximize",
+    "scale_by_learning_rate",
+    "sgd",
+    "sutskever_trace",
+    "trace",
+]

@@ -1,0 +1,132 @@
+"""`sgd`: torch.optim.SGD as a chain of sgdx primitives."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from jax.typing import ArrayLike, DTypeLike
+
+from sgdx import _hyperparams, _transforms
+from sgdx._base import GradientTransformation, ScalarOrSchedule, chain
+from sgdx._momentum import sutskever_trace, trace
+
+Convention = Literal["pytorch", "sutskever"]
+_CONVENTIONS = ("pytorch", "sutskever")
+
+
+def _is_python_zero(value: ArrayLike) -> bool:
+    return isinstance(value, int | float) and value == 0
+
+
+def sgd(
+    learning_rate: ScalarOrSchedule,
+    momentum: ArrayLike = 0.0,
+    dampening: ArrayLike = 0.0,
+    weight_decay: ArrayLike = 0.0,
+    nesterov: bool = False,
+    *,
+    maximize: bool = False,
+    convention: Convention = "pytorch",
+    accumulator_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    r"""Stochastic gradient descent exactly as ``torch.optim.SGD`` computes it.
+
+    For each parameter :math:`p` with a gradient :math:`g`, in this order:
+
+    .. math::
+
+      g &\leftarrow -g \quad \text{if maximize} \\
+      g &\leftarrow g + \lambda p \\
+      b &\leftarrow \begin{cases} g & \text{first update of } p \\
+                                  \mu b + (1 - \tau) g & \text{afterwards} \end{cases} \\
+      g &\leftarrow \begin{cases} g + \mu b & \text{nesterov} \\ b & \text{otherwise} \end{cases}\\
+      p &\leftarrow p - \eta_t g
+
+    where momentum (the buffer :math:`b`) is skipped when :math:`\mu = 0` and weight decay
+    when :math:`\lambda = 0`. With ``convention="sutskever"`` the last three lines become
+    Sutskever's velocity :math:`v \leftarrow \mu v - \eta_t (1-\tau) g` (:math:`-\eta_t g`
+    on the first update) and :math:`p \leftarrow p + v` (nesterov:
+    :math:`p \leftarrow p + \mu v - \eta_t g`); see :func:`sutskever_trace`.
+
+    A ``None`` gradient leaf skips its parameter for the step (parameter and buffer
+    unchanged). Structure is decided at construction: a Python ``0`` momentum keeps no
+    buffer and a Python ``0`` weight decay needs no ``params``, as in torch; a value given
+    as an array is always traced, so it can be changed or differentiated without
+    rebuilding, and ``0`` still behaves as torch's ``0``.
+
+    Args:
+      learning_rate: :math:`\eta \ge 0`: a float, a scalar array, or a schedule
+        ``count -> lr`` where ``count`` is the number of updates already applied.
+      momentum: :math:`\mu \ge 0`.
+      dampening: :math:`\tau`, applied from a parameter's second update on.
+      weight_decay: :math:`\lambda \ge 0`, coupled L2 (added to the gradient).
+      nesterov: Nesterov momentum; needs :math:`\mu > 0` and :math:`\tau = 0`.
+      maximize: ascend instead of descend.
+      convention: ``"pytorch"`` (the learning rate scales the step) or ``"sutskever"`` (the
+        learning rate scales each gradient as it enters the velocity).
+      accumulator_dtype: dtype of the momentum buffers (e.g. ``jnp.float32`` for
+        bfloat16 parameters); ``None`` keeps each parameter's dtype.
+
+    Returns:
+      A :class:`~sgdx.GradientTransformation`; its ``update`` needs ``params`` when weight
+      decay is on.
+
+    Raises:
+      ValueError: with torch's messages, ``Invalid learning rate: {lr}``, ``Invalid momentum
+        value: {momentum}``, ``Invalid weight_decay value: {weight_decay}``, ``Nesterov
+        momentum requires a momentum and zero dampening``; and for an unknown
+        ``convention`` or a non-scalar learning rate.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> tx = sgdx.sgd(0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+      >>> state = tx.init(params)
+      >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = sgdx.apply_updates(params, updates)
+      >>> print(params["w"])
+      [ 0.61998093 -1.2399619 ]
+    """
+    if convention not in _CONVENTIONS:
+        raise ValueError(
+            f"Unknown convention {convention!r}: expected one of {_CONVENTIONS}. 'pytorch' "
+            "is torch.optim.SGD's p -= lr * buf; 'sutskever' is Keras's v = m*v - lr*g; p += v."
+        )
+    _hyperparams.check_learning_rate(learning_rate)
+    _hyperparams.check_nonnegative(momentum, "Invalid momentum value: {}")
+    _hyperparams.check_nonnegative(weight_decay, "Invalid weight_decay value: {}")
+    if nesterov:
+        mu, tau = _hyperparams.concrete(momentum), _hyperparams.concrete(dampening)
+        if (mu is not None and mu <= 0) or (tau is not None and tau != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+    transforms = []
+    if maximize:
+        transforms.append(_transforms.maximize())
+    if not _is_python_zero(weight_decay):
+        transforms.append(_transforms.add_decayed_weights(weight_decay))
+    if not _is_python_zero(momentum) and convention == "sutskever":
+        transforms.append(
+            sutskever_trace(
+                learning_rate,
+                momentum,
+                dampening=dampening,
+                nesterov=nesterov,
+                accumulator_dtype=accumulator_dtype,
+            )
+        )
+        return chain(*transforms)
+    if not _is_python_zero(momentum):
+        transforms.append(
+            trace(
+                momentum,
+                dampening=dampening,
+                nesterov=nesterov,
+                accumulator_dtype=accumulator_dtype,
+            )
+        )
+    transforms.append(_transforms.scale_by_learning_rate(learning_rate))
+    return chain(*transforms)

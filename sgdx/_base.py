@@ -1,0 +1,157 @@
+"""The gradient-transformation protocol, `chain`, `identity` and `apply_updates`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+PyTree = Any
+Params = PyTree
+Updates = PyTree
+OptState = Any
+
+Schedule = Callable[[jax.Array], ArrayLike]
+"""A learning-rate schedule: ``count -> lr``, ``count`` = updates already applied."""
+
+ScalarOrSchedule = ArrayLike | Schedule
+
+
+class TransformInitFn(Protocol):
+    def __call__(self, params: Params) -> OptState: ...
+
+
+class TransformUpdateFn(Protocol):
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, OptState]: ...
+
+
+class GradientTransformation(NamedTuple):
+    """A pure gradient transformation: a pair of ``init`` and ``update`` functions.
+
+    ``init(params) -> state`` builds the whole state, every leaf with its final shape and
+    dtype. ``update(updates, state, params=None, **extra_args) -> (updates, new_state)``
+    maps incoming updates (gradients, at the start of a chain) to outgoing updates, the
+    *deltas* that :func:`apply_updates` adds to the parameters. ``None`` leaves in
+    ``updates`` mark parameters without a gradient in this step; they pass through.
+
+    The layout is the same as ``optax.GradientTransformation``: sgdx transforms work
+    inside ``optax.chain`` and optax transforms work inside :func:`sgdx.chain`.
+    """
+
+    init: TransformInitFn
+    update: TransformUpdateFn
+
+
+class EmptyState(NamedTuple):
+    """The state of a transform that keeps none."""
+
+
+def identity() -> GradientTransformation:
+    """Passes updates through unchanged: :math:`u \\leftarrow g`.
+
+    Returns:
+      A :class:`GradientTransformation` with an :class:`EmptyState`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> tx = sgdx.identity()
+      >>> updates, _ = tx.update(jnp.array([1.0, 2.0]), tx.init(None))
+      >>> print(updates)
+      [1. 2.]
+    """
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(
+        updates: Updates, state: EmptyState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, EmptyState]:
+        del params, extra_args
+        return updates, state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Applies transforms one after the other; the state is the tuple of their states.
+
+    ``update`` feeds each transform the previous one's output updates, and the same
+    ``params``. Keyword ``extra_args`` are forwarded only when given, so optax
+    transforms that take none can be chained too.
+
+    Args:
+      *transforms: the transforms to apply, first to last.
+
+    Returns:
+      A :class:`GradientTransformation` whose state is a tuple with one entry per transform.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> tx = sgdx.chain(sgdx.add_decayed_weights(0.5), sgdx.scale_by_learning_rate(0.1))
+      >>> params = jnp.array([2.0])
+      >>> updates, _ = tx.update(jnp.array([1.0]), tx.init(params), params)
+      >>> print(updates)  # -0.1 * (1 + 0.5 * 2)
+      [-0.2]
+    """
+
+    def init_fn(params: Params) -> tuple[OptState, ...]:
+        return tuple(t.init(params) for t in transforms)
+
+    def update_fn(
+        updates: Updates,
+        state: tuple[OptState, ...],
+        params: Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[Updates, tuple[OptState, ...]]:
+        if not isinstance(state, tuple) or len(state) != len(transforms):
+            got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
+            raise ValueError(
+                f"chain: expected a state tuple of {len(transforms)} entries (one per "
+                f"transform), got {got}. Was this state made by a different optimizer "
+                "configuration? Build it with the same transform's init."
+            )
+        new_states = []
+        for transform, inner in zip(transforms, state, strict=True):
+            updates, inner = transform.update(updates, inner, params, **extra_args)
+            new_states.append(inner)
+        return updates, tuple(new_states)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """Adds updates to parameters, keeping each parameter's dtype: :math:`p \\leftarrow p + u`.
+
+    A ``None`` update leaves its parameter unchanged. An update of another dtype is cast to
+    the parameter's dtype before the addition.
+
+    Args:
+      params: the parameters.
+      updates: deltas with the structure of ``params`` (``None`` allowed at leaves).
+
+    Returns:
+      The updated parameters, each leaf with its original dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> p = sgdx.apply_updates(jnp.ones(2, jnp.bfloat16), jnp.array([0.5, 1.0]))
+      >>> print(p, p.dtype)
+      [1.5 2] bfloat16
+    """
+
+    def add(p: jax.Array, u: jax.Array | None) -> jax.Array:
+        if u is None:
+            return p
+        p = jnp.asarray(p)
+        return p + jnp.asarray(u).astype(p.dtype)
+
+    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)

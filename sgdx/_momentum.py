@@ -1,0 +1,237 @@
+"""Momentum in both conventions: `trace` (PyTorch's buffer) and `sutskever_trace`
+(Sutskever's / Keras's velocity, with the learning rate inside)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
+
+from sgdx import _hyperparams, _tree
+from sgdx._base import GradientTransformation, Params, PyTree, ScalarOrSchedule, Updates
+
+
+def _zeros_and_flags(
+    params: Params, accumulator_dtype: DTypeLike | None, who: str
+) -> tuple[PyTree, PyTree]:
+    _tree.check_inexact(params, who)
+    buffers = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=accumulator_dtype or p.dtype), params)
+    flags = jax.tree.map(lambda _: jnp.zeros((), jnp.bool_), params)
+    return buffers, flags
+
+
+class TraceState(NamedTuple):
+    """State of :func:`trace`: PyTorch's ``momentum_buffer`` per parameter."""
+
+    momentum_buffer: PyTree
+    """One buffer per parameter, in the parameter's dtype or ``accumulator_dtype``."""
+    initialized: PyTree
+    """One boolean scalar per parameter: has its buffer received a gradient yet?"""
+
+
+def trace(
+    momentum: ArrayLike,
+    *,
+    dampening: ArrayLike = 0.0,
+    nesterov: bool = False,
+    accumulator_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    r"""PyTorch's momentum buffer, with dampening, its first-step rule and nesterov.
+
+    For each parameter with a gradient :math:`g`, with momentum :math:`\mu` and dampening
+    :math:`\tau`:
+
+    .. math::
+
+      b \leftarrow \begin{cases} g & \text{on the parameter's first update} \\
+                                 \mu b + (1 - \tau) g & \text{afterwards} \end{cases}
+      \qquad
+      u \leftarrow \begin{cases} g + \mu b & \text{nesterov} \\ b & \text{otherwise.}
+      \end{cases}
+
+    A parameter's first update is the first step in which its gradient is not ``None``;
+    a ``None`` gradient leaves its buffer untouched. When :math:`\mu = 0` the update is
+    :math:`g` and the buffer is left alone, exactly as ``torch.optim.SGD`` skips its
+    momentum branch.
+
+    Note:
+      Unlike ``optax.trace``, the buffer is *not* zero-initialised: the first gradient is
+      copied in (so with dampening the first step is not damped), and the trace is
+      :math:`\mu b + (1-\tau) g`, not :math:`g + \mu b`.
+
+    Args:
+      momentum: :math:`\mu \ge 0`, a float or scalar array (traceable).
+      dampening: :math:`\tau`, a float or scalar array (traceable).
+      nesterov: use Nesterov momentum.
+      accumulator_dtype: dtype of the buffers; ``None`` keeps each parameter's dtype.
+        Gradients are cast to it, and the update is cast back to the gradient's dtype.
+
+    Returns:
+      A :class:`~sgdx.GradientTransformation` with a :class:`TraceState`.
+
+    Raises:
+      ValueError: ``Invalid momentum value: {momentum}`` for a negative value.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> tx = sgdx.trace(0.9, dampening=0.5)
+      >>> state = tx.init(jnp.zeros(1))
+      >>> for g in (1.0, 1.0):
+      ...     updates, state = tx.update(jnp.array([g]), state)
+      ...     print(updates)  # 1, then 0.9 * 1 + 0.5 * 1
+      [1.]
+      [1.4]
+
+    References:
+      ``torch.optim.SGD`` (PyTorch >= 1.13), https://pytorch.org/docs/stable/generated/torch.optim.SGD.html
+    """
+    _hyperparams.check_nonnegative(momentum, "Invalid momentum value: {}")
+
+    def init_fn(params: Params) -> TraceState:
+        buffers, flags = _zeros_and_flags(params, accumulator_dtype, "trace")
+        return TraceState(momentum_buffer=buffers, initialized=flags)
+
+    def leaf(g: jax.Array, buf: jax.Array, initialized: jax.Array) -> tuple[Any, ...]:
+        acc = g.astype(buf.dtype)
+        mu = _hyperparams.cast(momentum, buf)
+        new_buf = jnp.where(initialized, mu * buf + _hyperparams.cast(1 - dampening, buf) * acc, acc)
+        direction = acc + mu * new_buf if nesterov else new_buf
+        active = mu != 0
+        return (
+            jnp.where(active, direction, acc).astype(g.dtype),
+            jnp.where(active, new_buf, buf),
+            initialized | active,
+        )
+
+    def update_fn(
+        updates: Updates, state: TraceState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, TraceState]:
+        del params, extra_args
+        _tree.check_state(state, TraceState, "trace")
+        updates, buffers, flags = _tree.map_updates(
+            leaf,
+            updates,
+            state.momentum_buffer,
+            state.initialized,
+            names=("momentum buffers", "momentum flags"),
+            same_shape_as=0,
+        )
+        return updates, TraceState(momentum_buffer=buffers, initialized=flags)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class SutskeverTraceState(NamedTuple):
+    """State of :func:`sutskever_trace`: the velocity per parameter."""
+
+    velocity: PyTree
+    """One velocity per parameter, in the parameter's dtype or ``accumulator_dtype``."""
+    initialized: PyTree
+    """One boolean scalar per parameter: has its velocity received a gradient yet?"""
+    count: jax.Array
+    """Updates applied so far (int32, saturating); the schedule's argument."""
+
+
+def sutskever_trace(
+    learning_rate: ScalarOrSchedule,
+    momentum: ArrayLike,
+    *,
+    dampening: ArrayLike = 0.0,
+    nesterov: bool = False,
+    accumulator_dtype: DTypeLike | None = None,
+) -> GradientTransformation:
+    r"""Sutskever's (Keras's, TensorFlow's) momentum, with the learning rate inside.
+
+    For each parameter with a gradient :math:`g`, learning rate :math:`\eta_t`, momentum
+    :math:`\mu` and dampening :math:`\tau`:
+
+    .. math::
+
+      v \leftarrow \begin{cases} -\eta_t g & \text{on the parameter's first update} \\
+                                 \mu v - \eta_t (1 - \tau) g & \text{afterwards} \end{cases}
+      \qquad
+      u \leftarrow \begin{cases} \mu v - \eta_t g & \text{nesterov} \\ v & \text{otherwise.}
+      \end{cases}
+
+    With a constant learning rate this is :func:`trace` followed by
+    :func:`scale_by_learning_rate`, with :math:`v = -\eta b`. When :math:`\eta` changes the
+    two differ: here past gradients keep the learning rate they were taken with. When
+    :math:`\mu = 0` the update is :math:`-\eta_t g` and the velocity is left alone. This
+    transform produces the final update: do not follow it with
+    :func:`scale_by_learning_rate`.
+
+    Args:
+      learning_rate: :math:`\eta \ge 0`: a float, a scalar array, or a schedule
+        ``count -> lr`` (``count`` = updates already applied).
+      momentum: :math:`\mu \ge 0`, a float or scalar array (traceable).
+      dampening: :math:`\tau`, a float or scalar array (traceable).
+      nesterov: use Nesterov momentum.
+      accumulator_dtype: dtype of the velocities; ``None`` keeps each parameter's dtype.
+
+    Returns:
+      A :class:`~sgdx.GradientTransformation` with a :class:`SutskeverTraceState`.
+
+    Raises:
+      ValueError: ``Invalid learning rate: {lr}`` or ``Invalid momentum value: {momentum}``
+        for negative values; a non-scalar learning rate.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> tx = sgdx.sutskever_trace(lambda count: jnp.where(count == 0, 0.1, 0.01), 0.9)
+      >>> state = tx.init(jnp.zeros(1))
+      >>> for _ in range(2):
+      ...     updates, state = tx.update(jnp.array([1.0]), state)
+      ...     print(updates)  # -0.1, then 0.9 * -0.1 - 0.01
+      [-0.1]
+      [-0.1]
+
+    References:
+      Sutskever, Martens, Dahl, Hinton, "On the importance of initialization and momentum
+      in deep learning", ICML 2013; ``keras.optimizers.SGD``.
+    """
+    scalar = _hyperparams.check_learning_rate(learning_rate)
+    _hyperparams.check_nonnegative(momentum, "Invalid momentum value: {}")
+
+    def init_fn(params: Params) -> SutskeverTraceState:
+        velocity, flags = _zeros_and_flags(params, accumulator_dtype, "sutskever_trace")
+        return SutskeverTraceState(velocity, flags, count=jnp.zeros((), jnp.int32))
+
+    def update_fn(
+        updates: Updates,
+        state: SutskeverTraceState,
+        params: Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[Updates, SutskeverTraceState]:
+        del params, extra_args
+        _tree.check_state(state, SutskeverTraceState, "sutskever_trace")
+        lr_t = _hyperparams.learning_rate_at(learning_rate, scalar, state.count)
+
+        def leaf(g: jax.Array, v: jax.Array, initialized: jax.Array) -> tuple[Any, ...]:
+            acc = g.astype(v.dtype)
+            lr = _hyperparams.cast(lr_t, v)
+            mu = _hyperparams.cast(momentum, v)
+            damped_lr = lr * _hyperparams.cast(1 - dampening, v)
+            new_v = jnp.where(initialized, mu * v - damped_lr * acc, -lr * acc)
+            direction = mu * new_v - lr * acc if nesterov else new_v
+            active = mu != 0
+            return (
+                jnp.where(active, direction, -lr * acc).astype(g.dtype),
+                jnp.where(active, new_v, v),
+                initialized | active,
+            )
+
+        updates, velocity, flags = _tree.map_updates(
+            leaf,
+            updates,
+            state.velocity,
+            state.initialized,
+            names=("velocities", "momentum flags"),
+            same_shape_as=0,
+        )
+        return updates, SutskeverTraceState(velocity, flags, _tree.safe_increment(state.count))
+
+    return GradientTransformation(init_fn, update_fn)

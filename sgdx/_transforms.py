@@ -1,0 +1,175 @@
+"""Stateless and learning-rate primitives: `maximize`, `add_decayed_weights`,
+`scale_by_learning_rate`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from sgdx import _hyperparams, _tree
+from sgdx._base import EmptyState, GradientTransformation, Params, PyTree, ScalarOrSchedule, Updates
+
+
+def maximize() -> GradientTransformation:
+    r"""Negates the updates, turning descent into ascent: :math:`g \leftarrow -g`.
+
+    This is ``torch.optim.SGD(maximize=True)``'s first step, applied before weight decay.
+
+    Returns:
+      A :class:`~sgdx.GradientTransformation` with an :class:`~sgdx.EmptyState`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> tx = sgdx.maximize()
+      >>> updates, _ = tx.update(jnp.array([1.0, -2.0]), tx.init(None))
+      >>> print(updates)
+      [-1.  2.]
+    """
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(
+        updates: Updates, state: EmptyState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, EmptyState]:
+        del params, extra_args
+        (updates,) = _tree.map_updates(lambda g: (-g,), updates, names=())
+        return updates, state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def add_decayed_weights(
+    weight_decay: ArrayLike,
+    mask: PyTree | Callable[[Params], PyTree] | None = None,
+) -> GradientTransformation:
+    r"""Adds coupled L2 weight decay: :math:`g \leftarrow g + \lambda p`.
+
+    As in ``torch.optim.SGD``, the decay is added to the gradient (so it then flows through
+    momentum) and is skipped entirely when :math:`\lambda = 0`, so a ``0 * inf`` never turns
+    a gradient into ``NaN``.
+
+    Args:
+      weight_decay: :math:`\lambda \ge 0`. A float or a scalar array (traceable).
+      mask: ``None`` (decay every parameter), a pytree of Python bools with the parameters'
+        structure (``True`` where the decay applies), or a function ``params -> mask``.
+
+    Returns:
+      A :class:`~sgdx.GradientTransformation` with an :class:`~sgdx.EmptyState`. Its
+      ``update`` needs ``params``.
+
+    Raises:
+      ValueError: ``Invalid weight_decay value: {weight_decay}`` for a negative value.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> params = {"w": jnp.array([2.0]), "b": jnp.array([2.0])}
+      >>> tx = sgdx.add_decayed_weights(0.5, mask={"w": True, "b": False})
+      >>> grads = {"w": jnp.array([1.0]), "b": jnp.array([1.0])}
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> print(updates["w"], updates["b"])
+      [2.] [1.]
+    """
+    _hyperparams.check_nonnegative(weight_decay, "Invalid weight_decay value: {}")
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(
+        updates: Updates, state: EmptyState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, EmptyState]:
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "add_decayed_weights needs the parameters: call update(updates, state, params)."
+            )
+        leaf_mask = mask(params) if callable(mask) else mask
+        if leaf_mask is None:
+            leaf_mask = jax.tree.map(lambda _: True, params)
+
+        def decay(g: jax.Array, p: jax.Array, on: bool) -> tuple[Any, ...]:
+            if not isinstance(on, bool):
+                raise TypeError(
+                    f"add_decayed_weights: mask leaves must be Python bools, got {on!r}."
+                )
+            if not on:
+                return g, p, on
+            wd = _hyperparams.cast(weight_decay, g)
+            decayed = g + wd * jnp.asarray(p).astype(g.dtype)
+            return jnp.where(wd != 0, decayed, g), p, on
+
+        updates, _, _ = _tree.map_updates(
+            decay, updates, params, leaf_mask, names=("parameters", "mask"), same_shape_as=0
+        )
+        return updates, state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByLearningRateState(NamedTuple):
+    """State of :func:`scale_by_learning_rate`."""
+
+    count: jax.Array
+    """Updates applied so far (int32, saturating); the schedule's argument."""
+
+
+def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransformation:
+    r"""Scales updates by the negative learning rate: :math:`u \leftarrow -\eta_t\, g`.
+
+    :math:`\eta_t` is ``learning_rate`` itself, or ``learning_rate(t)`` for a schedule,
+    where :math:`t` counts the updates already applied (0 on the first). Adding
+    :math:`u` to the parameters is ``torch.optim.SGD``'s final step
+    :math:`p \leftarrow p - \eta g`, with the learning rate read at every step: changing it
+    changes the step size immediately, and nothing accumulated depends on it.
+
+    Args:
+      learning_rate: :math:`\eta \ge 0`: a float, a scalar (or one-element) array, which
+        stays traceable, or a schedule ``count -> lr``.
+
+    Returns:
+      A :class:`~sgdx.GradientTransformation` with a :class:`ScaleByLearningRateState`.
+
+    Raises:
+      ValueError: ``Invalid learning rate: {lr}`` for a negative value; a non-scalar
+        learning rate, or a schedule that returns one (at trace time).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> tx = sgdx.scale_by_learning_rate(lambda count: 0.1 / (count + 1))
+      >>> state = tx.init(jnp.zeros(1))
+      >>> for _ in range(2):
+      ...     updates, state = tx.update(jnp.array([1.0]), state)
+      ...     print(updates)
+      [-0.1]
+      [-0.05]
+    """
+    scalar = _hyperparams.check_learning_rate(learning_rate)
+
+    def init_fn(params: Params) -> ScaleByLearningRateState:
+        _tree.check_inexact(params, "scale_by_learning_rate")
+        return ScaleByLearningRateState(count=jnp.zeros((), jnp.int32))
+
+    def update_fn(
+        updates: Updates,
+        state: ScaleByLearningRateState,
+        params: Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[Updates, ScaleByLearningRateState]:
+        del params, extra_args
+        _tree.check_state(state, ScaleByLearningRateState, "scale_by_learning_rate")
+        lr = _hyperparams.learning_rate_at(learning_rate, scalar, state.count)
+        (updates,) = _tree.map_updates(
+            lambda g: (-_hyperparams.cast(lr, g) * g,), updates, names=()
+        )
+        return updates, ScaleByLearningRateState(count=_tree.safe_increment(state.count))
+
+    return GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,118 @@
+"""Pytree plumbing shared by the transforms: leaf-wise maps with ``None`` gradients,
+structure/shape/dtype checks that name the offending path, and saturating counters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.tree_util import keystr, tree_flatten_with_path
+
+from sgdx._base import PyTree, Updates
+
+_MAX_PATHS_SHOWN = 5
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _paths(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> list[str]:
+    return [keystr(path) for path, _ in tree_flatten_with_path(tree, is_leaf=is_leaf)[0]]
+
+
+def _structure_error(updates: Updates, tree: PyTree, name: str) -> ValueError:
+    update_paths = _paths(updates, _is_none)
+    tree_paths = _paths(tree)
+    only_updates = [p for p in update_paths if p not in set(tree_paths)][:_MAX_PATHS_SHOWN]
+    only_tree = [p for p in tree_paths if p not in set(update_paths)][:_MAX_PATHS_SHOWN]
+    if only_updates or only_tree:
+        detail = f"paths only in the updates: {only_updates}; paths only in the {name}: {only_tree}"
+    else:
+        detail = (
+            f"same paths, different containers: updates {jax.tree.structure(updates, _is_none)}"
+            f" vs {name} {jax.tree.structure(tree)}"
+        )
+    return ValueError(
+        f"The updates (gradients) do not have the structure of the {name}: {detail}. Pass "
+        "gradients with exactly the parameters' tree structure, with None for a parameter "
+        "that has no gradient in this step."
+    )
+
+
+def map_updates(
+    fn: Callable[..., tuple[Any, ...]],
+    updates: Updates,
+    *trees: PyTree,
+    names: Sequence[str],
+    same_shape_as: int | None = None,
+) -> tuple[PyTree, ...]:
+    """Applies ``fn(u, *leaves)`` at each leaf of ``updates`` that is not ``None``.
+
+    ``fn`` returns one value per input (``updates`` first, then each of ``trees``); at a
+    ``None`` update the row is ``(None, *leaves)``: no gradient, nothing changes. Returns
+    one tree per input. Raises a ``ValueError`` naming the path when a tree does not have
+    the structure of ``updates`` or, for ``trees[same_shape_as]``, when a leaf's shape
+    differs, and a ``TypeError`` when an update is not a floating or complex array.
+    """
+    flat, treedef = tree_flatten_with_path(updates, is_leaf=_is_none)
+    columns = []
+    for tree, name in zip(trees, names, strict=True):
+        try:
+            columns.append(treedef.flatten_up_to(tree))
+        except (ValueError, TypeError):
+            raise _structure_error(updates, tree, name) from None
+    rows = []
+    for i, (path, u) in enumerate(flat):
+        leaves = [column[i] for column in columns]
+        if u is None:
+            rows.append((None, *leaves))
+            continue
+        u = jnp.asarray(u)
+        if not jnp.issubdtype(u.dtype, jnp.inexact):
+            raise TypeError(
+                f"The update at {keystr(path)} has dtype {u.dtype}; sgdx transforms need "
+                "floating-point or complex updates. Differentiate with respect to floating "
+                "parameters only (e.g. filter integer leaves out of the parameter tree)."
+            )
+        if same_shape_as is not None:
+            ref = leaves[same_shape_as]
+            if jnp.shape(ref) != u.shape:
+                raise ValueError(
+                    f"The update at {keystr(path)} has shape {u.shape} but the "
+                    f"{names[same_shape_as]} leaf there has shape {jnp.shape(ref)}. Each "
+                    "gradient must have its parameter's shape."
+                )
+        rows.append(fn(u, *leaves))
+    return tuple(treedef.unflatten(list(column)) for column in zip(*rows, strict=True))
+
+
+def check_inexact(params: PyTree, who: str) -> None:
+    """Raises a ``TypeError`` naming the first parameter that is not floating or complex."""
+    for path, p in tree_flatten_with_path(params)[0]:
+        dtype = getattr(p, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{who}: the parameter at {keystr(path)} has dtype {dtype}; SGD updates "
+                "floating-point (float16/bfloat16/float32/float64) or complex parameters "
+                "only. Keep integer, boolean and non-array leaves out of the optimized tree "
+                "(e.g. with optax.masked or eqx.filter)."
+            )
+
+
+def check_state(state: Any, expected: type, who: str) -> None:
+    """Raises a ``TypeError`` when ``state`` is not the state ``who`` builds."""
+    if not isinstance(state, expected):
+        raise TypeError(
+            f"{who}: expected a {expected.__name__}, got {type(state).__name__}. The state "
+            "was made by a different optimizer configuration; build it with this "
+            "optimizer's init(params)."
+        )
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the dtype's maximum instead of wrapping around."""
+    limit = jnp.iinfo(count.dtype).max
+    return jnp.where(count < limit, count + 1, limit).astype(count.dtype)
