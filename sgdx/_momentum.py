@@ -99,7 +99,7 @@ def trace(
         mu = _hyperparams.cast(momentum, buf)
         new_buf = jnp.where(initialized, mu * buf + _hyperparams.cast(1 - dampening, buf) * acc, acc)
         direction = acc + mu * new_buf if nesterov else new_buf
-        active = mu != 0
+        active = momentum != 0  # in the given precision, as torch tests it
         return (
             jnp.where(active, direction, acc).astype(g.dtype),
             jnp.where(active, new_buf, buf),
@@ -217,7 +217,7 @@ def sutskever_trace(
             damped_lr = lr * _hyperparams.cast(1 - dampening, v)
             new_v = jnp.where(initialized, mu * v - damped_lr * acc, -lr * acc)
             direction = mu * new_v - lr * acc if nesterov else new_v
-            active = mu != 0
+            active = momentum != 0  # in the given precision, as torch tests it
             return (
                 jnp.where(active, direction, -lr * acc).astype(g.dtype),
                 jnp.where(active, new_v, v),
