@@ -13,8 +13,8 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m sgdx demo
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check sgdx tests examples benchmarks
-	$(BIN)/ruff format --check sgdx tests examples benchmarks
+	$(BIN)/ruff check sgdx tests
+	$(BIN)/ruff format --check sgdx tests
 	$(BIN)/mypy
 
 test: lint

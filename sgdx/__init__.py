@@ -4,8 +4,8 @@ from sgdx._alias import sgd
 from sgdx._base import (
     EmptyState,
     GradientTransformation,
-    Schedule,
     ScalarOrSchedule,
+    Schedule,
     apply_updates,
     chain,
     identity,

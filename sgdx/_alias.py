@@ -82,13 +82,13 @@ def sgd(
       >>> import jax.numpy as jnp
       >>> import sgdx
       >>> params = {"w": jnp.array([1.0, -2.0])}
-      >>> tx = sgdx.sgd(0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+      >>> tx = sgdx.sgd(0.25, momentum=0.5, nesterov=True)
       >>> state = tx.init(params)
-      >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
-      >>> updates, state = tx.update(grads, state, params)
+      >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)  # [2, -4]
+      >>> updates, state = tx.update(grads, state, params)  # -0.25 * (g + 0.5 * g)
       >>> params = sgdx.apply_updates(params, updates)
       >>> print(params["w"])
-      [ 0.61998093 -1.2399619 ]
+      [ 0.25 -0.5 ]
     """
     if convention not in _CONVENTIONS:
         raise ValueError(
@@ -96,8 +96,11 @@ def sgd(
             "is torch.optim.SGD's p -= lr * buf; 'sutskever' is Keras's v = m*v - lr*g; p += v."
         )
     _hyperparams.check_learning_rate(learning_rate)
-    _hyperparams.check_nonnegative(momentum, "Invalid momentum value: {}")
-    _hyperparams.check_nonnegative(weight_decay, "Invalid weight_decay value: {}")
+    _hyperparams.check_hyperparameter(momentum, "momentum", "Invalid momentum value: {}")
+    _hyperparams.check_hyperparameter(dampening, "dampening", None)
+    _hyperparams.check_hyperparameter(
+        weight_decay, "weight_decay", "Invalid weight_decay value: {}"
+    )
     if nesterov:
         mu, tau = _hyperparams.concrete(momentum), _hyperparams.concrete(dampening)
         if (mu is not None and mu <= 0) or (tau is not None and tau != 0):

@@ -1,4 +1,4 @@
-"""Hyperparameter handling: concrete-value validation and learning-rate evaluation."""
+"""Hyperparameter handling: construction-time validation and learning-rate evaluation."""
 
 from __future__ import annotations
 
@@ -12,23 +12,28 @@ from jax.typing import ArrayLike
 from sgdx._base import ScalarOrSchedule
 
 
-def concrete(value: ArrayLike) -> float | complex | None:
+def concrete(value: ArrayLike) -> float | None:
     """The Python number held by ``value``, or ``None`` when it is a tracer."""
     if isinstance(value, jax.core.Tracer):
         return None
     if isinstance(value, int | float):
         return value
-    return np.asarray(value).reshape(()).item()
+    number: float = np.asarray(value).reshape(()).item()
+    return number
 
 
-def check_nonnegative(value: ArrayLike, message: str) -> None:
-    """Raises ``ValueError(message.format(value))`` when ``value`` is concretely negative.
+def check_hyperparameter(value: ArrayLike, name: str, negative_message: str | None) -> None:
+    """Checks that ``value`` is a real scalar and, given a message, not concretely negative.
 
-    ``NaN`` passes, as it does in ``torch.optim.SGD``.
+    ``negative_message.format(value)`` is raised as a ``ValueError``; ``NaN`` passes, as it
+    does in ``torch.optim.SGD``.
     """
+    if callable(value) or jnp.ndim(value) != 0 or jnp.iscomplexobj(value):
+        shape = "a function" if callable(value) else f"shape {jnp.shape(value)}"
+        raise ValueError(f"{name} must be a real scalar (a float or 0-d array), got {shape}.")
     number = concrete(value)
-    if number is not None and number < 0:
-        raise ValueError(message.format(number))
+    if negative_message is not None and number is not None and number < 0:
+        raise ValueError(negative_message.format(number))
 
 
 def check_learning_rate(learning_rate: ScalarOrSchedule) -> ArrayLike | None:
@@ -39,16 +44,14 @@ def check_learning_rate(learning_rate: ScalarOrSchedule) -> ArrayLike | None:
     """
     if callable(learning_rate):
         return None
-    size = math.prod(jnp.shape(learning_rate))
-    if size != 1:
+    if math.prod(jnp.shape(learning_rate)) != 1:
         raise ValueError(
             f"learning_rate must be a scalar (a float, a one-element array or a schedule "
             f"count -> lr), got an array of shape {jnp.shape(learning_rate)}. For different "
             "learning rates on different parameters use separate transforms or param groups."
         )
-    if jnp.ndim(learning_rate):
-        learning_rate = jnp.reshape(learning_rate, ())
-    check_nonnegative(learning_rate, "Invalid learning rate: {}")
+    learning_rate = jnp.reshape(learning_rate, ()) if jnp.ndim(learning_rate) else learning_rate
+    check_hyperparameter(learning_rate, "learning_rate", "Invalid learning rate: {}")
     return learning_rate
 
 

@@ -88,7 +88,8 @@ def trace(
     References:
       ``torch.optim.SGD`` (PyTorch >= 1.13), https://pytorch.org/docs/stable/generated/torch.optim.SGD.html
     """
-    _hyperparams.check_nonnegative(momentum, "Invalid momentum value: {}")
+    _hyperparams.check_hyperparameter(momentum, "momentum", "Invalid momentum value: {}")
+    _hyperparams.check_hyperparameter(dampening, "dampening", None)
 
     def init_fn(params: Params) -> TraceState:
         buffers, flags = _zeros_and_flags(params, accumulator_dtype, "trace")
@@ -97,7 +98,9 @@ def trace(
     def leaf(g: jax.Array, buf: jax.Array, initialized: jax.Array) -> tuple[Any, ...]:
         acc = g.astype(buf.dtype)
         mu = _hyperparams.cast(momentum, buf)
-        new_buf = jnp.where(initialized, mu * buf + _hyperparams.cast(1 - dampening, buf) * acc, acc)
+        new_buf = jnp.where(
+            initialized, mu * buf + _hyperparams.cast(1 - dampening, buf) * acc, acc
+        )
         direction = acc + mu * new_buf if nesterov else new_buf
         active = momentum != 0  # in the given precision, as torch tests it
         return (
@@ -131,7 +134,7 @@ class SutskeverTraceState(NamedTuple):
     """One velocity per parameter, in the parameter's dtype or ``accumulator_dtype``."""
     initialized: PyTree
     """One boolean scalar per parameter: has its velocity received a gradient yet?"""
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's name, shadowing tuple.count
     """Updates applied so far (int32, saturating); the schedule's argument."""
 
 
@@ -181,20 +184,21 @@ def sutskever_trace(
     Examples:
       >>> import jax.numpy as jnp
       >>> import sgdx
-      >>> tx = sgdx.sutskever_trace(lambda count: jnp.where(count == 0, 0.1, 0.01), 0.9)
+      >>> tx = sgdx.sutskever_trace(lambda count: jnp.where(count == 0, 0.5, 0.25), 0.5)
       >>> state = tx.init(jnp.zeros(1))
       >>> for _ in range(2):
       ...     updates, state = tx.update(jnp.array([1.0]), state)
-      ...     print(updates)  # -0.1, then 0.9 * -0.1 - 0.01
-      [-0.1]
-      [-0.1]
+      ...     print(updates)  # -0.5, then 0.5 * -0.5 - 0.25 (PyTorch's: -0.25 * 1.5)
+      [-0.5]
+      [-0.5]
 
     References:
       Sutskever, Martens, Dahl, Hinton, "On the importance of initialization and momentum
       in deep learning", ICML 2013; ``keras.optimizers.SGD``.
     """
     scalar = _hyperparams.check_learning_rate(learning_rate)
-    _hyperparams.check_nonnegative(momentum, "Invalid momentum value: {}")
+    _hyperparams.check_hyperparameter(momentum, "momentum", "Invalid momentum value: {}")
+    _hyperparams.check_hyperparameter(dampening, "dampening", None)
 
     def init_fn(params: Params) -> SutskeverTraceState:
         velocity, flags = _zeros_and_flags(params, accumulator_dtype, "sutskever_trace")

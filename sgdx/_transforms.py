@@ -77,7 +77,9 @@ def add_decayed_weights(
       >>> print(updates["w"], updates["b"])
       [2.] [1.]
     """
-    _hyperparams.check_nonnegative(weight_decay, "Invalid weight_decay value: {}")
+    _hyperparams.check_hyperparameter(
+        weight_decay, "weight_decay", "Invalid weight_decay value: {}"
+    )
 
     def init_fn(params: Params) -> EmptyState:
         del params
@@ -117,7 +119,7 @@ def add_decayed_weights(
 class ScaleByLearningRateState(NamedTuple):
     """State of :func:`scale_by_learning_rate`."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's name, shadowing tuple.count
     """Updates applied so far (int32, saturating); the schedule's argument."""
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path
 
 from sgdx._base import PyTree, Updates
@@ -21,6 +22,10 @@ def _is_none(x: Any) -> bool:
 
 def _paths(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> list[str]:
     return [keystr(path) for path, _ in tree_flatten_with_path(tree, is_leaf=is_leaf)[0]]
+
+
+def _same_structure(a: Any, b: Any) -> bool:
+    return bool(a == b)
 
 
 def _structure_error(updates: Updates, tree: PyTree, name: str) -> ValueError:
@@ -60,10 +65,10 @@ def map_updates(
     flat, treedef = tree_flatten_with_path(updates, is_leaf=_is_none)
     columns = []
     for tree, name in zip(trees, names, strict=True):
-        try:
-            columns.append(treedef.flatten_up_to(tree))
-        except (ValueError, TypeError):
-            raise _structure_error(updates, tree, name) from None
+        leaves, structure = jax.tree.flatten(tree, is_leaf=_is_none)
+        if not _same_structure(structure, treedef):
+            raise _structure_error(updates, tree, name)
+        columns.append(leaves)
     rows = []
     for i, (path, u) in enumerate(flat):
         leaves = [column[i] for column in columns]
@@ -86,7 +91,7 @@ def map_updates(
                     "gradient must have its parameter's shape."
                 )
         rows.append(fn(u, *leaves))
-    return tuple(treedef.unflatten(list(column)) for column in zip(*rows, strict=True))
+    return tuple(jax.tree.unflatten(treedef, column) for column in zip(*rows, strict=True))
 
 
 def check_inexact(params: PyTree, who: str) -> None:
@@ -114,5 +119,5 @@ def check_state(state: Any, expected: type, who: str) -> None:
 
 def safe_increment(count: jax.Array) -> jax.Array:
     """``count + 1``, saturating at the dtype's maximum instead of wrapping around."""
-    limit = jnp.iinfo(count.dtype).max
+    limit = np.iinfo(count.dtype).max
     return jnp.where(count < limit, count + 1, limit).astype(count.dtype)

@@ -32,8 +32,10 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("weight_decay w/ momentum", {"momentum": 0.9, "weight_decay": 0.1}),
     ("nesterov", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}),
     # beyond torch's list
-    ("everything", {"lr": 0.05, "momentum": 0.8, "dampening": 0.3, "weight_decay": 0.01,
-                    "maximize": True}),
+    (
+        "everything",
+        {"lr": 0.05, "momentum": 0.8, "dampening": 0.3, "weight_decay": 0.01, "maximize": True},
+    ),
     ("nesterov maximize", {"lr": 0.02, "momentum": 0.5, "nesterov": True, "maximize": True}),
     ("dampening 1", {"momentum": 0.7, "dampening": 1.0, "lr": 0.03}),
 ]
@@ -170,5 +172,10 @@ def assert_trajectories_close(actual: dict, expected: dict) -> None:
         scale = np.nanmax(np.abs(e_all)) if not np.all(np.isnan(e_all)) else 0.0
         for k, (a, e) in enumerate(zip(actual[key], e_all, strict=True)):
             np.testing.assert_allclose(
-                a, e, rtol=rtol, atol=rtol * scale, equal_nan=True, err_msg=f"{key} after step {k + 1}"
+                a,
+                e,
+                rtol=rtol,
+                atol=rtol * scale,
+                equal_nan=True,
+                err_msg=f"{key} after step {k + 1}",
             )

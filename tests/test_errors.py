@@ -48,8 +48,10 @@ def test_torch_raises_the_same_message(kwargs, message):
         (lambda: sgdx.sgd(jnp.ones(3)), r"learning_rate must be a scalar .* shape \(3,\)"),
         (lambda: sgdx.sgd(jnp.asarray(-0.5)), "Invalid learning rate: -0.5"),
         (lambda: sgdx.sgd(0.1, momentum=jnp.asarray(-0.5)), "Invalid momentum value: -0.5"),
-        (lambda: sgdx.sgd(0.1, 0.9, convention="sutskever", nesterov=True, dampening=0.5),
-         "Nesterov momentum requires"),
+        (
+            lambda: sgdx.sgd(0.1, 0.9, convention="sutskever", nesterov=True, dampening=0.5),
+            "Nesterov momentum requires",
+        ),
         (lambda: sgdx.trace(-0.1), "Invalid momentum value: -0.1"),
         (lambda: sgdx.add_decayed_weights(-2), "Invalid weight_decay value: -2"),
         (lambda: sgdx.scale_by_learning_rate(-1.0), "Invalid learning rate: -1.0"),
@@ -108,7 +110,7 @@ def test_state_from_another_configuration():
     params = jnp.ones(2)
     with_momentum = sgdx.sgd(0.1, momentum=0.9)
     plain = sgdx.sgd(0.1)
-    with pytest.raises(ValueError, match="state tuple of 1 entries .* got a tuple of 2"):
+    with pytest.raises(ValueError, match=r"state tuple of 1 entries .* got a tuple of 2"):
         plain.update(params, with_momentum.init(params))
     nesterov = sgdx.sgd(0.1, 0.9, weight_decay=0.1)
     with pytest.raises(TypeError, match="trace: expected a TraceState"):

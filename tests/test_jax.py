@@ -24,7 +24,11 @@ def make_sgd(kwargs, convention="pytorch", **extra):
 
 
 def params_tree(dtype=jnp.float32):
-    return {"w": jnp.ones((3, 2), dtype), "b": jnp.full((2,), 0.5, dtype), "s": jnp.asarray(2.0, dtype)}
+    return {
+        "w": jnp.ones((3, 2), dtype),
+        "b": jnp.full((2,), 0.5, dtype),
+        "s": jnp.asarray(2.0, dtype),
+    }
 
 
 def quadratic_grad(params):
@@ -100,7 +104,7 @@ def test_gradient_through_hyperparameters_matches_finite_differences(wrt, conven
         p = jnp.asarray([1.0, 1.0, 1.0], jnp.float64)
         state = tx.init(p)
         for k in range(6):
-            g = jax.grad(lambda p: jnp.sum(jnp.sin(p - target) ** 2 * (k + 1)))(p)
+            g = jax.grad(lambda p, k=k: jnp.sum(jnp.sin(p - target) ** 2 * (k + 1)))(p)
             updates, state = tx.update(g, state, p)
             p = sgdx.apply_updates(p, updates)
         return jnp.sum((p - target) ** 2)
@@ -134,7 +138,9 @@ def test_bfloat16_parameters_keep_their_dtype(convention):
             updates32, state32 = tx32.update(quadratic_grad(p32), state32, p32)
             p32 = sgdx.apply_updates(p32, updates32)
         assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(p))
-        chex.assert_trees_all_close(jax.tree.map(lambda x: x.astype(jnp.float32), p), p32, atol=3e-2)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda x: x.astype(jnp.float32), p), p32, atol=3e-2
+        )
 
 
 @pytest.mark.parametrize("dtype", [jnp.complex64, jnp.complex128])

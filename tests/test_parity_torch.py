@@ -88,7 +88,6 @@ def test_none_gradients_match_torch_frozen_layer(name, kwargs, convention):
     buffer from the first real gradient; sgdx gets None leaves at those places. The
     Sutskever run keeps a constant learning rate here, where it equals torch's.
     """
-    dtype = np.float64
     lr = kwargs.get("lr", 0.01)
     options = {k: v for k, v in kwargs.items() if k != "lr"}
     rng = np.random.default_rng(3)
@@ -98,11 +97,16 @@ def test_none_gradients_match_torch_frozen_layer(name, kwargs, convention):
     }
     schedule = [(), (), ("layer1",), ("layer1",), ("layer1", "layer2"), ("layer1", "layer2")]
     grads_at = [
-        {layer: {k: rng.normal(size=v.shape) for k, v in leaves.items()} for layer, leaves in init.items()}
+        {
+            layer: {k: rng.normal(size=v.shape) for k, v in leaves.items()}
+            for layer, leaves in init.items()
+        }
         for _ in schedule
     ]
 
-    params_t = {layer: {k: torch.tensor(v) for k, v in leaves.items()} for layer, leaves in init.items()}
+    params_t = {
+        layer: {k: torch.tensor(v) for k, v in leaves.items()} for layer, leaves in init.items()
+    }
     flat_t = [p for leaves in params_t.values() for p in leaves.values()]
     opt = torch.optim.SGD(flat_t, lr=lr, **options)
 
@@ -126,7 +130,10 @@ def test_none_gradients_match_torch_frozen_layer(name, kwargs, convention):
         for layer, leaves in params_t.items():
             for name_, p in leaves.items():
                 np.testing.assert_allclose(
-                    params[layer][name_], p.detach().numpy(), rtol=1e-12, atol=1e-13,
+                    params[layer][name_],
+                    p.detach().numpy(),
+                    rtol=1e-12,
+                    atol=1e-13,
                     err_msg=f"{layer}/{name_} after step {k + 1}",
                 )
                 torch_buf = opt.state[p].get("momentum_buffer")
