@@ -13,8 +13,8 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m sgdx demo
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check sgdx tests
-	$(BIN)/ruff format --check sgdx tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 test: lint

@@ -146,13 +146,13 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
     Examples:
       >>> import jax.numpy as jnp
       >>> import sgdx
-      >>> tx = sgdx.scale_by_learning_rate(lambda count: 0.1 / (count + 1))
+      >>> tx = sgdx.scale_by_learning_rate(lambda count: jnp.where(count < 1, 0.5, 0.25))
       >>> state = tx.init(jnp.zeros(1))
       >>> for _ in range(2):
       ...     updates, state = tx.update(jnp.array([1.0]), state)
       ...     print(updates)
-      [-0.1]
-      [-0.05]
+      [-0.5]
+      [-0.25]
     """
     scalar = _hyperparams.check_learning_rate(learning_rate)
 

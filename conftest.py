@@ -1,4 +1,4 @@
-"""Test-wide JAX settings: float64 available, strict dtype promotion, no rank promotion."""
+"""Test-wide JAX settings (tests and doctests): float64 available, strict dtype promotion, no rank promotion."""
 
 import os
 
