@@ -1,4 +1,7 @@
-"""Test-wide JAX settings (tests and doctests): float64 available, strict dtype promotion, no rank promotion."""
+"""Test-wide JAX settings, for tests and doctests alike.
+
+float64 available, strict dtype promotion, no rank promotion.
+"""
 
 import os
 
