@@ -1,5 +1,6 @@
 """sgdx: PyTorch's SGD, exactly, as composable JAX gradient transformations."""
 
+from sgdx import conventions
 from sgdx._alias import sgd
 from sgdx._base import (
     EmptyState,
@@ -14,6 +15,7 @@ from sgdx._momentum import SutskeverTraceState, TraceState, sutskever_trace, tra
 from sgdx._transforms import (
     ScaleByLearningRateState,
     add_decayed_weights,
+    add_decoupled_weight_decay,
     maximize,
     scale_by_learning_rate,
 )
@@ -29,8 +31,10 @@ __all__ = [
     "SutskeverTraceState",
     "TraceState",
     "add_decayed_weights",
+    "add_decoupled_weight_decay",
     "apply_updates",
     "chain",
+    "conventions",
     "identity",
     "maximize",
     "scale_by_learning_rate",

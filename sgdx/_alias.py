@@ -27,6 +27,8 @@ def sgd(
     *,
     maximize: bool = False,
     convention: Convention = "pytorch",
+    decoupled_weight_decay: bool = False,
+    momentum_correction: bool = False,
     accumulator_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""Stochastic gradient descent exactly as ``torch.optim.SGD`` computes it.
@@ -46,7 +48,10 @@ def sgd(
     when :math:`\lambda = 0`. With ``convention="sutskever"`` the last three lines become
     Sutskever's velocity :math:`v \leftarrow \mu v - \eta_t (1-\tau) g` (:math:`-\eta_t g`
     on the first update) and :math:`p \leftarrow p + v` (nesterov:
-    :math:`p \leftarrow p + \mu v - \eta_t g`); see :func:`sutskever_trace`.
+    :math:`p \leftarrow p + \mu v - \eta_t g`); see :func:`sutskever_trace`. With
+    ``decoupled_weight_decay`` the second line is dropped and :math:`p \leftarrow p - \eta_t
+    \lambda p` is applied beside the step instead (Keras's ``weight_decay``; see
+    :func:`add_decoupled_weight_decay`).
 
     A ``None`` gradient leaf skips its parameter for the step (parameter and buffer
     unchanged). Structure is decided at construction: a Python ``0`` momentum keeps no
@@ -64,6 +69,11 @@ def sgd(
       maximize: ascend instead of descend.
       convention: ``"pytorch"`` (the learning rate scales the step) or ``"sutskever"`` (the
         learning rate scales each gradient as it enters the velocity).
+      decoupled_weight_decay: decay the parameters directly, :math:`p \leftarrow p -
+        \eta_t \lambda p`, outside momentum (Keras, SGDW), instead of torch's coupled L2.
+      momentum_correction: with ``convention="sutskever"``, rescale the velocity by
+        :math:`\eta_t / \eta_{t-1}` when the learning rate changes, which reproduces
+        PyTorch's trajectory under any schedule.
       accumulator_dtype: dtype of the momentum buffers (e.g. ``jnp.float32`` for
         bfloat16 parameters); ``None`` keeps each parameter's dtype.
 
@@ -75,7 +85,8 @@ def sgd(
       ValueError: with torch's messages, ``Invalid learning rate: {lr}``, ``Invalid momentum
         value: {momentum}``, ``Invalid weight_decay value: {weight_decay}``, ``Nesterov
         momentum requires a momentum and zero dampening``; and for an unknown
-        ``convention`` or a non-scalar learning rate.
+        ``convention``, a non-scalar learning rate, or ``momentum_correction`` without
+        ``convention="sutskever"``.
 
     Examples:
       >>> import jax
@@ -106,23 +117,32 @@ def sgd(
         if (mu is not None and mu <= 0) or (tau is not None and tau != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
+    if momentum_correction and convention != "sutskever":
+        raise ValueError(
+            "momentum_correction applies to convention='sutskever' only: PyTorch's buffer "
+            "holds no learning rate, so its trajectory needs no correction."
+        )
+
+    decay = not _is_python_zero(weight_decay)
     transforms = []
     if maximize:
         transforms.append(_transforms.maximize())
-    if not _is_python_zero(weight_decay):
+    if decay and not decoupled_weight_decay:
         transforms.append(_transforms.add_decayed_weights(weight_decay))
-    if not _is_python_zero(momentum) and convention == "sutskever":
+    if _is_python_zero(momentum):
+        transforms.append(_transforms.scale_by_learning_rate(learning_rate))
+    elif convention == "sutskever":
         transforms.append(
             sutskever_trace(
                 learning_rate,
                 momentum,
                 dampening=dampening,
                 nesterov=nesterov,
+                momentum_correction=momentum_correction,
                 accumulator_dtype=accumulator_dtype,
             )
         )
-        return chain(*transforms)
-    if not _is_python_zero(momentum):
+    else:
         transforms.append(
             trace(
                 momentum,
@@ -131,5 +151,7 @@ def sgd(
                 accumulator_dtype=accumulator_dtype,
             )
         )
-    transforms.append(_transforms.scale_by_learning_rate(learning_rate))
+        transforms.append(_transforms.scale_by_learning_rate(learning_rate))
+    if decay and decoupled_weight_decay:
+        transforms.append(_transforms.add_decoupled_weight_decay(weight_decay, learning_rate))
     return chain(*transforms)

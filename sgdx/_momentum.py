@@ -134,6 +134,9 @@ class SutskeverTraceState(NamedTuple):
     """One velocity per parameter, in the parameter's dtype or ``accumulator_dtype``."""
     initialized: PyTree
     """One boolean scalar per parameter: has its velocity received a gradient yet?"""
+    learning_rate: PyTree
+    """One scalar per parameter (velocity dtype): the learning rate of its last update, the
+    scale of its velocity (``v = -lr_last * buf`` in PyTorch's terms)."""
     count: jax.Array  # type: ignore[assignment]  # optax's name, shadowing tuple.count
     """Updates applied so far (int32, saturating); the schedule's argument."""
 
@@ -144,6 +147,7 @@ def sutskever_trace(
     *,
     dampening: ArrayLike = 0.0,
     nesterov: bool = False,
+    momentum_correction: bool = False,
     accumulator_dtype: DTypeLike | None = None,
 ) -> GradientTransformation:
     r"""Sutskever's (Keras's, TensorFlow's) momentum, with the learning rate inside.
@@ -154,16 +158,22 @@ def sutskever_trace(
     .. math::
 
       v \leftarrow \begin{cases} -\eta_t g & \text{on the parameter's first update} \\
-                                 \mu v - \eta_t (1 - \tau) g & \text{afterwards} \end{cases}
+                                 \mu c v - \eta_t (1 - \tau) g & \text{afterwards} \end{cases}
       \qquad
-      u \leftarrow \begin{cases} \mu v - \eta_t g & \text{nesterov} \\ v & \text{otherwise.}
+      u \leftarrow \begin{cases} \mu v - \eta_t g & \text{nesterov} \\ v & \text{otherwise,}
       \end{cases}
+
+    where :math:`c = 1`, or with ``momentum_correction`` :math:`c = \eta_t / \eta_{\text{last}}`,
+    the ratio of this learning rate to the one of the parameter's previous update (1 when
+    that was 0).
 
     With a constant learning rate this is :func:`trace` followed by
     :func:`scale_by_learning_rate`, with :math:`v = -\eta b`. When :math:`\eta` changes the
-    two differ: here past gradients keep the learning rate they were taken with. When
-    :math:`\mu = 0` the update is :math:`-\eta_t g` and the velocity is left alone. This
-    transform produces the final update: do not follow it with
+    two differ: here past gradients keep the learning rate they were taken with. Momentum
+    correction rescales the velocity to the new learning rate, which makes the trajectory
+    PyTorch's again under any schedule (the large-batch training recipe of Goyal et al.).
+    When :math:`\mu = 0` the update is :math:`-\eta_t g` and the velocity is left alone.
+    This transform produces the final update: do not follow it with
     :func:`scale_by_learning_rate`.
 
     Args:
@@ -172,6 +182,7 @@ def sutskever_trace(
       momentum: :math:`\mu \ge 0`, a float or scalar array (traceable).
       dampening: :math:`\tau`, a float or scalar array (traceable).
       nesterov: use Nesterov momentum.
+      momentum_correction: rescale the velocity by :math:`\eta_t / \eta_{\text{last}}`.
       accumulator_dtype: dtype of the velocities; ``None`` keeps each parameter's dtype.
 
     Returns:
@@ -194,7 +205,8 @@ def sutskever_trace(
 
     References:
       Sutskever, Martens, Dahl, Hinton, "On the importance of initialization and momentum
-      in deep learning", ICML 2013; ``keras.optimizers.SGD``.
+      in deep learning", ICML 2013; ``keras.optimizers.SGD``; Goyal et al., "Accurate,
+      Large Minibatch SGD: Training ImageNet in 1 Hour", 2017 (momentum correction).
     """
     scalar = _hyperparams.check_learning_rate(learning_rate)
     _hyperparams.check_hyperparameter(momentum, "momentum", "Invalid momentum value: {}")
@@ -202,7 +214,8 @@ def sutskever_trace(
 
     def init_fn(params: Params) -> SutskeverTraceState:
         velocity, flags = _zeros_and_flags(params, accumulator_dtype, "sutskever_trace")
-        return SutskeverTraceState(velocity, flags, count=jnp.zeros((), jnp.int32))
+        last_lr = jax.tree.map(lambda v: jnp.zeros((), v.dtype), velocity)
+        return SutskeverTraceState(velocity, flags, last_lr, count=jnp.zeros((), jnp.int32))
 
     def update_fn(
         updates: Updates,
@@ -214,28 +227,38 @@ def sutskever_trace(
         _tree.check_state(state, SutskeverTraceState, "sutskever_trace")
         lr_t = _hyperparams.learning_rate_at(learning_rate, scalar, state.count)
 
-        def leaf(g: jax.Array, v: jax.Array, initialized: jax.Array) -> tuple[Any, ...]:
+        def leaf(
+            g: jax.Array, v: jax.Array, initialized: jax.Array, last_lr: jax.Array
+        ) -> tuple[Any, ...]:
             acc = g.astype(v.dtype)
             lr = _hyperparams.cast(lr_t, v)
             mu = _hyperparams.cast(momentum, v)
+            carried = v
+            if momentum_correction:
+                has_last = last_lr != 0
+                carried = v * jnp.where(has_last, lr / jnp.where(has_last, last_lr, 1), 1)
             damped_lr = lr * _hyperparams.cast(1 - dampening, v)
-            new_v = jnp.where(initialized, mu * v - damped_lr * acc, -lr * acc)
+            new_v = jnp.where(initialized, mu * carried - damped_lr * acc, -lr * acc)
             direction = mu * new_v - lr * acc if nesterov else new_v
             active = momentum != 0  # in the given precision, as torch tests it
             return (
                 jnp.where(active, direction, -lr * acc).astype(g.dtype),
                 jnp.where(active, new_v, v),
                 initialized | active,
+                jnp.where(active, lr, last_lr),
             )
 
-        updates, velocity, flags = _tree.map_updates(
+        updates, velocity, flags, last_lr = _tree.map_updates(
             leaf,
             updates,
             state.velocity,
             state.initialized,
-            names=("velocities", "momentum flags"),
+            state.learning_rate,
+            names=("velocities", "momentum flags", "learning rates"),
             same_shape_as=0,
         )
-        return updates, SutskeverTraceState(velocity, flags, _tree.safe_increment(state.count))
+        return updates, SutskeverTraceState(
+            velocity, flags, last_lr, _tree.safe_increment(state.count)
+        )
 
     return GradientTransformation(init_fn, update_fn)

@@ -1,5 +1,5 @@
 """Stateless and learning-rate primitives: `maximize`, `add_decayed_weights`,
-`scale_by_learning_rate`."""
+`scale_by_learning_rate`, `add_decoupled_weight_decay`."""
 
 from __future__ import annotations
 
@@ -171,6 +171,71 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
         lr = _hyperparams.learning_rate_at(learning_rate, scalar, state.count)
         (updates,) = _tree.map_updates(
             lambda g: (-_hyperparams.cast(lr, g) * g,), updates, names=()
+        )
+        return updates, ScaleByLearningRateState(count=_tree.safe_increment(state.count))
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def add_decoupled_weight_decay(
+    weight_decay: ArrayLike,
+    learning_rate: ScalarOrSchedule,
+    mask: PyTree | Callable[[Params], PyTree] | None = None,
+) -> GradientTransformation:
+    r"""Decoupled weight decay, added to the final update: :math:`u \leftarrow u - \eta_t
+    \lambda p`.
+
+    The decay acts on the parameters directly, outside momentum, scaled by the current
+    learning rate: Keras's ``weight_decay`` (``p -= p * wd * lr`` before the step) and
+    SGDW. Place it last, after the transform that produces the step. Compare
+    :func:`add_decayed_weights`, torch's coupled L2, which is added to the gradient.
+
+    Args:
+      weight_decay: :math:`\lambda \ge 0`, a float or scalar array (traceable).
+      learning_rate: :math:`\eta`, the optimizer's learning rate or schedule
+        ``count -> lr``.
+      mask: as in :func:`add_decayed_weights`.
+
+    Returns:
+      A :class:`~sgdx.GradientTransformation` with a :class:`ScaleByLearningRateState`
+      (the count of updates applied, the schedule's argument). Its ``update`` needs
+      ``params``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> params = jnp.array([2.0])
+      >>> decay = sgdx.add_decoupled_weight_decay(0.25, 0.5)
+      >>> tx = sgdx.chain(sgdx.scale_by_learning_rate(0.5), decay)
+      >>> updates, _ = tx.update(jnp.array([1.0]), tx.init(params), params)
+      >>> print(updates)  # -0.5 * 1 - 0.5 * 0.25 * 2
+      [-0.75]
+    """
+    scalar = _hyperparams.check_learning_rate(learning_rate)
+    decay = add_decayed_weights(weight_decay, mask)
+
+    def init_fn(params: Params) -> ScaleByLearningRateState:
+        return ScaleByLearningRateState(count=jnp.zeros((), jnp.int32))
+
+    def update_fn(
+        updates: Updates,
+        state: ScaleByLearningRateState,
+        params: Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[Updates, ScaleByLearningRateState]:
+        del extra_args
+        _tree.check_state(state, ScaleByLearningRateState, "add_decoupled_weight_decay")
+        lr = _hyperparams.learning_rate_at(learning_rate, scalar, state.count)
+        zeros = jax.tree.map(
+            lambda u: None if u is None else jnp.zeros_like(u), updates, is_leaf=lambda u: u is None
+        )
+        decays, _ = decay.update(zeros, EmptyState(), params)  # wd * p where the mask is on
+        (updates, _) = _tree.map_updates(
+            lambda u, d: (u - d * _hyperparams.cast(lr, d), d),
+            updates,
+            decays,
+            names=("weight decays",),
+            same_shape_as=0,
         )
         return updates, ScaleByLearningRateState(count=_tree.safe_increment(state.count))
 

@@ -1,0 +1,221 @@
+"""PyTorch's and Sutskever's momentum conventions: exact state conversion and comparison.
+
+PyTorch keeps a learning-rate-free buffer and scales the step, ``buf = m*buf + g;
+p -= lr*buf``. Sutskever (Keras, TensorFlow, the 2013 paper) keeps the learning rate inside
+the velocity, ``v = m*v - lr*g; p += v``. With a constant learning rate they are the same
+trajectory, related by ``v = -lr * buf``; when the learning rate changes, Sutskever's past
+gradients keep the learning rate they were taken with, PyTorch's take the new one.
+``sgd(..., convention="sutskever", momentum_correction=True)`` rescales the velocity by
+``lr_new / lr_old`` and so follows PyTorch's trajectory under any schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgdx import _hyperparams
+from sgdx._alias import sgd
+from sgdx._base import OptState, Params, ScalarOrSchedule, apply_updates
+from sgdx._momentum import SutskeverTraceState, TraceState
+from sgdx._transforms import ScaleByLearningRateState
+
+__all__ = ["compare", "pytorch_to_sutskever", "sutskever_to_pytorch"]
+
+
+def pytorch_to_sutskever(state: OptState, learning_rate: ScalarOrSchedule) -> OptState:
+    """Converts an ``sgd(convention="pytorch")`` state into the ``"sutskever"`` state that
+    continues the same trajectory.
+
+    Each velocity is :math:`v = -\\eta b`, where :math:`\\eta` is the learning rate of the
+    next update (a schedule is evaluated at the state's count); parameters whose buffer
+    has not started yet keep a zero velocity. Everything else (the step count, other
+    transforms' states) carries over.
+
+    Args:
+      state: the state of ``sgd(..., convention="pytorch")`` with momentum.
+      learning_rate: the learning rate (or the schedule) of the run.
+
+    Returns:
+      The state for the same ``sgd(...)`` arguments with ``convention="sutskever"``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> from sgdx import conventions
+      >>> pytorch, sutskever = sgdx.sgd(0.5, 0.9), sgdx.sgd(0.5, 0.9, convention="sutskever")
+      >>> state = pytorch.init(jnp.zeros(1))
+      >>> _, state = pytorch.update(jnp.array([1.0]), state)  # buf = 1
+      >>> print(conventions.pytorch_to_sutskever(state, 0.5)[0].velocity)
+      [-0.5]
+    """
+    parts = list(_states(state))
+    kinds = [type(part) for part in parts]
+    i = next(
+        (
+            i
+            for i in range(len(parts) - 1)
+            if kinds[i : i + 2] == [TraceState, ScaleByLearningRateState]
+        ),
+        None,
+    )
+    if i is None:
+        raise ValueError(
+            "pytorch_to_sutskever expects the state of sgd(..., convention='pytorch') with "
+            "momentum (a TraceState followed by a ScaleByLearningRateState); without momentum "
+            "both conventions share one state and nothing needs converting."
+        )
+    trace_state, scale_state = parts[i], parts[i + 1]
+    scalar = _hyperparams.check_learning_rate(learning_rate)
+    lr = _hyperparams.learning_rate_at(learning_rate, scalar, scale_state.count)
+
+    def velocity(buf: jax.Array, initialized: jax.Array) -> jax.Array:
+        return jnp.where(initialized, -_hyperparams.cast(lr, buf) * buf, 0).astype(buf.dtype)
+
+    def scale(buf: jax.Array, initialized: jax.Array) -> jax.Array:
+        return jnp.where(initialized, _hyperparams.cast(lr, buf), 0).astype(buf.dtype)
+
+    buffers, flags = trace_state.momentum_buffer, trace_state.initialized
+    converted = SutskeverTraceState(
+        velocity=jax.tree.map(velocity, buffers, flags),
+        initialized=flags,
+        learning_rate=jax.tree.map(scale, buffers, flags),
+        count=scale_state.count,
+    )
+    return (*parts[:i], converted, *parts[i + 2 :])
+
+
+def sutskever_to_pytorch(state: OptState) -> OptState:
+    """Converts an ``sgd(convention="sutskever")`` state into the ``"pytorch"`` state that
+    continues the same trajectory.
+
+    Each buffer is :math:`b = -v / \\eta_{\\text{last}}`, with the learning rate the velocity
+    was last scaled by (held per parameter in the state). Under a constant learning rate
+    the two runs then continue identically; :func:`pytorch_to_sutskever` inverts this up to
+    one rounding (bitwise when the learning rate is a power of two).
+
+    Args:
+      state: the state of ``sgd(..., convention="sutskever")`` with momentum.
+
+    Returns:
+      The state for the same ``sgd(...)`` arguments with ``convention="pytorch"``.
+
+    Raises:
+      ValueError: when a started velocity was last scaled by a learning rate of 0 (its
+        buffer cannot be recovered).
+    """
+    parts = list(_states(state))
+    for i, inner in enumerate(parts):
+        if isinstance(inner, SutskeverTraceState):
+            started_at_zero = jax.tree.map(
+                lambda flag, lr: flag & (lr == 0), inner.initialized, inner.learning_rate
+            )
+            if any(
+                not isinstance(x, jax.core.Tracer) and bool(x)
+                for x in jax.tree.leaves(started_at_zero)
+            ):
+                raise ValueError(
+                    "sutskever_to_pytorch: a velocity was last updated with learning rate 0, "
+                    "so v = -lr * buf holds no trace of the buffer; convert at a step with a "
+                    "positive learning rate."
+                )
+
+            def buffer(v: jax.Array, flag: jax.Array, lr: jax.Array) -> jax.Array:
+                return jnp.where(flag, -v / jnp.where(flag, lr, 1), 0).astype(v.dtype)
+
+            trace_state = TraceState(
+                momentum_buffer=jax.tree.map(
+                    buffer, inner.velocity, inner.initialized, inner.learning_rate
+                ),
+                initialized=inner.initialized,
+            )
+            scale_state = ScaleByLearningRateState(count=inner.count)
+            return (*parts[:i], trace_state, scale_state, *parts[i + 1 :])
+    raise ValueError(
+        "sutskever_to_pytorch expects the state of sgd(..., convention='sutskever') with "
+        "momentum (a SutskeverTraceState); without momentum both conventions share one "
+        "state and nothing needs converting."
+    )
+
+
+def _states(state: OptState) -> Iterator[Any]:
+    if not isinstance(state, tuple) or isinstance(state, TraceState | SutskeverTraceState):
+        raise TypeError(
+            f"Expected the chain state of sgdx.sgd(...) (a tuple of states), got "
+            f"{type(state).__name__}."
+        )
+    yield from state
+
+
+def compare(
+    loss: Callable[[Params], jax.Array],
+    params: Params,
+    learning_rate: ScalarOrSchedule,
+    steps: int,
+    *,
+    momentum_correction: bool = False,
+    callback: Callable[[int], None] | None = None,
+    **sgd_kwargs: Any,
+) -> dict[str, np.ndarray]:
+    """Runs full-batch gradient descent on ``loss`` under both conventions, side by side.
+
+    Args:
+      loss: a scalar function of the parameters.
+      params: the initial parameters.
+      learning_rate: a float or a schedule ``count -> lr``, shared by both runs.
+      steps: number of updates.
+      momentum_correction: apply it on the Sutskever side.
+      callback: called with the step index after each step (e.g. a progress bar).
+      **sgd_kwargs: the other :func:`sgdx.sgd` arguments (momentum, nesterov, ...).
+
+    Returns:
+      Arrays of length ``steps + 1`` (entry 0 is the initial point): ``lr`` (the learning
+      rate of the step that led there; entry 0 is NaN), ``loss_pytorch``,
+      ``loss_sutskever``, ``norm_pytorch``, ``norm_sutskever`` (parameter L2 norms) and
+      ``divergence`` (L2 norm of the difference between the two runs' parameters).
+    """
+    runs = {
+        name: sgd(
+            learning_rate,
+            convention=name,
+            momentum_correction=momentum_correction and name == "sutskever",
+            **sgd_kwargs,
+        )
+        for name in ("pytorch", "sutskever")
+    }
+    value_and_grad = jax.value_and_grad(loss)
+
+    def norm(tree: Params) -> jax.Array:
+        return jnp.sqrt(sum(jnp.sum(jnp.abs(x) ** 2) for x in jax.tree.leaves(tree)))
+
+    @jax.jit
+    def step(both: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for name, tx in runs.items():
+            p, s = both[name]
+            _, grads = value_and_grad(p)
+            updates, s = tx.update(grads, s, p)
+            out[name] = (apply_updates(p, updates), s)
+        return out
+
+    @jax.jit
+    def measure(pt: Params, sk: Params) -> tuple[jax.Array, ...]:
+        difference = jax.tree.map(jnp.subtract, pt, sk)
+        return loss(pt), loss(sk), norm(pt), norm(sk), norm(difference)
+
+    scalar = _hyperparams.check_learning_rate(learning_rate)
+    both = {name: (params, tx.init(params)) for name, tx in runs.items()}
+    rows = [(np.nan, *measure(params, params))]
+    for k in range(steps):
+        both = step(both)
+        lr = _hyperparams.learning_rate_at(learning_rate, scalar, jnp.asarray(k, jnp.int32))
+        rows.append((float(lr), *measure(both["pytorch"][0], both["sutskever"][0])))
+        if callback is not None:
+            callback(k)
+    columns = np.asarray(rows, dtype=np.float64).T
+    names = ("lr", "loss_pytorch", "loss_sutskever", "norm_pytorch", "norm_sutskever", "divergence")
+    return dict(zip(names, columns, strict=True))
