@@ -1,4 +1,4 @@
-"""Command-line front: ``python -m sgdx demo``."""
+"""Command-line front: ``python -m sgdx demo`` and ``python -m sgdx compare``."""
 
 from __future__ import annotations
 
@@ -7,18 +7,23 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sgdx import _compare, _demo
+
     parser = argparse.ArgumentParser(prog="python -m sgdx", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train the same model with torch.optim.SGD and sgdx")
-
-    from sgdx import _demo
-
     _demo.add_arguments(demo)
+    compare = commands.add_parser(
+        "compare", help="run one problem under PyTorch's and Sutskever's momentum, side by side"
+    )
+    _compare.add_arguments(compare)
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.lr < 0:
-            parser.error(f"Invalid learning rate: {args.lr}")
+            demo.error(f"Invalid learning rate: {args.lr}")
         _demo.run(args.epochs, args.batch_size, args.lr, args.decay_epoch, args.dtype, args.seed)
+    else:
+        _compare.run(args, compare)
     return 0
 
 
