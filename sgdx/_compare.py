@@ -47,7 +47,7 @@ SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine")
 
 
 def make_schedule(args: argparse.Namespace) -> ScalarOrSchedule:
-    lr = args.lr
+    lr: float = args.lr
     if args.schedule == "step":
         return schedules.step_lr(lr, args.step_size, args.gamma)
     if args.schedule == "multistep":
@@ -57,8 +57,7 @@ def make_schedule(args: argparse.Namespace) -> ScalarOrSchedule:
         return schedules.exponential_lr(lr, args.gamma)
     if args.schedule == "cosine":
         return schedules.cosine_annealing_lr(lr, args.steps)
-    learning_rate: float = lr
-    return learning_rate
+    return lr
 
 
 class ProgressBar:
