@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import sgdx
 from sgdx import conventions
@@ -202,3 +204,23 @@ def test_momentum_correction_reproduces_torch_under_a_step_schedule(kwargs, dtyp
 def test_momentum_correction_needs_the_sutskever_convention():
     with pytest.raises(ValueError, match="momentum_correction applies to convention='sutskever'"):
         sgdx.sgd(0.1, 0.9, momentum_correction=True)
+
+
+@given(
+    lrs=st.lists(st.floats(1e-3, 0.5), min_size=2, max_size=12),
+    momentum=st.floats(0.05, 0.99),
+    dampening=st.sampled_from([0.0, 0.3]),
+    nesterov=st.booleans(),
+)
+def test_momentum_correction_follows_pytorch_under_any_schedule(lrs, momentum, dampening, nesterov):
+    nesterov = nesterov and dampening == 0
+    schedule = lambda count: jnp.asarray(lrs)[count]  # noqa: E731
+    kwargs = {"momentum": momentum, "dampening": dampening, "nesterov": nesterov}
+    pytorch = sgdx.sgd(schedule, **kwargs)
+    corrected = sgdx.sgd(schedule, **kwargs, convention="sutskever", momentum_correction=True)
+    grads = gradient_sequence(len(lrs), seed=len(lrs))
+    expected, _ = steps(pytorch, PARAMS, pytorch.init(PARAMS), grads)
+    actual, _ = steps(corrected, PARAMS, corrected.init(PARAMS), grads)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12), actual, expected
+    )
