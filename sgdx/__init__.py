@@ -1,6 +1,6 @@
 """sgdx: PyTorch's SGD, exactly, as composable JAX gradient transformations."""
 
-from sgdx import conventions
+from sgdx import conventions, schedules
 from sgdx._alias import sgd
 from sgdx._base import (
     EmptyState,
@@ -11,6 +11,14 @@ from sgdx._base import (
     chain,
     identity,
 )
+from sgdx._groups import (
+    ParamGroupsState,
+    add_param_groups,
+    get_hyperparams,
+    param_groups,
+    set_hyperparams,
+)
+from sgdx._inject import InjectHyperparamsState, inject_hyperparams
 from sgdx._momentum import SutskeverTraceState, TraceState, sutskever_trace, trace
 from sgdx._transforms import (
     ScaleByLearningRateState,
@@ -25,6 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "EmptyState",
     "GradientTransformation",
+    "InjectHyperparamsState",
+    "ParamGroupsState",
     "ScalarOrSchedule",
     "ScaleByLearningRateState",
     "Schedule",
@@ -32,12 +42,18 @@ __all__ = [
     "TraceState",
     "add_decayed_weights",
     "add_decoupled_weight_decay",
+    "add_param_groups",
     "apply_updates",
     "chain",
     "conventions",
+    "get_hyperparams",
     "identity",
+    "inject_hyperparams",
     "maximize",
+    "param_groups",
     "scale_by_learning_rate",
+    "schedules",
+    "set_hyperparams",
     "sgd",
     "sutskever_trace",
     "trace",

@@ -24,7 +24,7 @@ def _paths(tree: PyTree, is_leaf: Callable[[Any], bool] | None = None) -> list[s
     return [keystr(path) for path, _ in tree_flatten_with_path(tree, is_leaf=is_leaf)[0]]
 
 
-def _same_structure(a: Any, b: Any) -> bool:
+def same_structure(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
@@ -66,7 +66,7 @@ def map_updates(
     columns = []
     for tree, name in zip(trees, names, strict=True):
         leaves, structure = jax.tree.flatten(tree, is_leaf=_is_none)
-        if not _same_structure(structure, treedef):
+        if not same_structure(structure, treedef):
             raise _structure_error(updates, tree, name)
         columns.append(leaves)
     rows = []

@@ -1,0 +1,260 @@
+"""Param groups: torch's per-group hyperparameters for labelled parts of a pytree."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+from jax.tree_util import keystr, tree_flatten_with_path
+
+from sgdx import _hyperparams, _tree
+from sgdx._alias import sgd
+from sgdx._base import GradientTransformation, Params, PyTree, Updates
+from sgdx._inject import InjectHyperparamsState, inject_hyperparams
+
+_SGD_ARGUMENTS = tuple(inspect.signature(sgd).parameters)
+
+GroupConfig = Mapping[str, Any] | None
+
+# Torch's messages for the values a user may set between steps.
+_NONNEGATIVE = {
+    "learning_rate": "Invalid learning rate: {}",
+    "momentum": "Invalid momentum value: {}",
+    "weight_decay": "Invalid weight_decay value: {}",
+}
+
+
+class ParamGroupsState(NamedTuple):
+    """State of :func:`param_groups`: one injected-hyperparameter sgd state per group."""
+
+    groups: dict[str, InjectHyperparamsState]
+    """Keyed by group label; frozen groups (configured ``None``) have no entry."""
+
+
+def _labels(labels: PyTree | Callable[[Params], PyTree], params: Params) -> list[str]:
+    tree = labels(params) if callable(labels) else labels
+    params_leaves, params_def = jax.tree.flatten(params)
+    label_leaves, label_def = jax.tree.flatten(tree)
+    if not _tree.same_structure(label_def, params_def):
+        raise ValueError(
+            "param_groups: the labels must have the parameters' tree structure (one label "
+            f"per parameter); got {label_def} for parameters {params_def}."
+        )
+    del params_leaves
+    return label_leaves
+
+
+def _mask(tree: PyTree, labels: list[str], keep: str) -> PyTree:
+    """``tree`` with ``None`` at every leaf not labelled ``keep``."""
+    leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: x is None)
+    return jax.tree.unflatten(
+        treedef, [x if label == keep else None for x, label in zip(leaves, labels, strict=True)]
+    )
+
+
+def param_groups(
+    labels: PyTree | Callable[[Params], PyTree],
+    groups: Mapping[str, GroupConfig],
+    **defaults: Any,
+) -> GradientTransformation:
+    """``torch.optim.SGD`` with param groups: different hyperparameters per labelled part.
+
+    ``labels`` gives each parameter a group label (a pytree of strings with the parameters'
+    structure, or a function ``params -> labels``). ``groups`` maps every label to that
+    group's overrides of ``defaults`` (the arguments of :func:`sgdx.sgd`:
+    ``learning_rate``, ``momentum``, ``dampening``, ``weight_decay``, ``nesterov``,
+    ``maximize``, ...), or to ``None`` for a frozen group, whose parameters get no update
+    (a ``None`` update) and keep no buffer. This is torch's
+    ``SGD([{"params": ..., "lr": 0.1}, {"params": ...}], lr=0.01, momentum=0.9)``: a key a
+    group leaves out is inherited from the defaults.
+
+    Each group's numeric hyperparameters live in the state (as with
+    :func:`inject_hyperparams`): read and change them with :func:`get_hyperparams` /
+    :func:`set_hyperparams` and ``group=label``, between steps and without recompiling.
+    To start optimizing a frozen group mid-run (torch's ``add_param_group``), build the
+    transform with its new configuration and carry the state over with
+    :func:`add_param_groups`.
+
+    Args:
+      labels: a pytree of group labels, or a function of the parameters returning one.
+      groups: label -> overrides (a mapping of :func:`sgdx.sgd` arguments) or ``None``.
+      **defaults: :func:`sgdx.sgd` arguments shared by all groups.
+
+    Returns:
+      A :class:`~sgdx.GradientTransformation` with a :class:`ParamGroupsState`.
+
+    Raises:
+      ValueError: for an unknown hyperparameter name, a label with no group, an invalid
+        value (torch's messages) or labels that do not match the parameters.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> params = {"head": jnp.ones(2), "body": jnp.ones(2), "frozen": jnp.ones(2)}
+      >>> labels = {"head": "head", "body": "body", "frozen": "frozen"}
+      >>> tx = sgdx.param_groups(
+      ...     labels, {"head": {"learning_rate": 0.5}, "body": {}, "frozen": None},
+      ...     learning_rate=0.25, momentum=0.9)
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({k: jnp.ones(2) for k in params}, state, params)
+      >>> print(updates["head"], updates["body"], updates["frozen"])
+      [-0.5 -0.5] [-0.25 -0.25] None
+    """
+    for name, config in [("defaults", defaults), *groups.items()]:
+        unknown = sorted(set(config or {}) - set(_SGD_ARGUMENTS))
+        if unknown:
+            raise ValueError(
+                f"param_groups: unknown hyperparameter(s) {unknown} in {name!r}; sgdx.sgd takes "
+                f"{list(_SGD_ARGUMENTS)} (torch's 'lr' is 'learning_rate')."
+            )
+    if "learning_rate" not in defaults and any(
+        config is not None and "learning_rate" not in config for config in groups.values()
+    ):
+        raise ValueError(
+            "param_groups: a group has no learning_rate; give one in defaults or in every group."
+        )
+    optimizers = {
+        label: inject_hyperparams(sgd)(**{**defaults, **config})
+        for label, config in groups.items()
+        if config is not None
+    }
+
+    def check_labels(params: Params) -> list[str]:
+        leaves = _labels(labels, params)
+        for (path, _), label in zip(tree_flatten_with_path(params)[0], leaves, strict=True):
+            if label not in groups:
+                raise ValueError(
+                    f"param_groups: the parameter at {keystr(path)} has label {label!r}, which "
+                    f"is not a group; groups are {sorted(groups)} (map a label to None to "
+                    "freeze its parameters)."
+                )
+        return leaves
+
+    def init_fn(params: Params) -> ParamGroupsState:
+        leaves = check_labels(params)
+        return ParamGroupsState(
+            {label: tx.init(_mask(params, leaves, label)) for label, tx in optimizers.items()}
+        )
+
+    def update_fn(
+        updates: Updates, state: ParamGroupsState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, ParamGroupsState]:
+        _tree.check_state(state, ParamGroupsState, "param_groups")
+        if params is None:
+            raise ValueError(
+                "param_groups needs the parameters: call update(updates, state, params)."
+            )
+        leaves = check_labels(params)
+        _, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
+        merged: list[Any] = [None] * len(leaves)
+        new_states = {}
+        for label, tx in optimizers.items():
+            group_updates, new_states[label] = tx.update(
+                _mask(updates, leaves, label),
+                state.groups[label],
+                _mask(params, leaves, label),
+                **extra_args,
+            )
+            for i, u in enumerate(jax.tree.leaves(group_updates, is_leaf=lambda x: x is None)):
+                if leaves[i] == label:
+                    merged[i] = u
+        return jax.tree.unflatten(treedef, merged), ParamGroupsState(new_states)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def add_param_groups(
+    state: ParamGroupsState, tx: GradientTransformation, params: Params
+) -> ParamGroupsState:
+    """Carries a :func:`param_groups` state over to ``tx``, which has more groups.
+
+    torch's ``optimizer.add_param_group``: the groups ``state`` already has keep their
+    state (momentum buffers, hyperparameters, counts); groups that are new in ``tx`` (for
+    example a backbone that was frozen and is now unfrozen) start fresh.
+
+    Raises:
+      ValueError: when a group of ``state`` is missing from ``tx`` or now covers different
+        parameters.
+    """
+    _tree.check_state(state, ParamGroupsState, "add_param_groups")
+    fresh = tx.init(params)
+    for label, old in state.groups.items():
+        if label not in fresh.groups:
+            raise ValueError(
+                f"add_param_groups: group {label!r} is in the state but not in the new "
+                f"optimizer (groups {sorted(fresh.groups)}); torch cannot remove a group either."
+            )
+        if not _tree.same_structure(
+            jax.tree.structure(old), jax.tree.structure(fresh.groups[label])
+        ) or any(
+            a.shape != b.shape
+            for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(fresh.groups[label]), strict=True)
+        ):
+            raise ValueError(
+                f"add_param_groups: group {label!r} covers different parameters in the new "
+                "optimizer; existing groups must keep their parameters."
+            )
+    return ParamGroupsState({**fresh.groups, **state.groups})
+
+
+def _group_state(
+    state: InjectHyperparamsState | ParamGroupsState, group: str | None, who: str
+) -> InjectHyperparamsState:
+    if isinstance(state, ParamGroupsState):
+        if group not in state.groups:
+            raise KeyError(
+                f"{who}: pass group= one of {sorted(state.groups)} (frozen groups have no "
+                f"hyperparameters); got {group!r}."
+            )
+        return state.groups[group]
+    _tree.check_state(state, InjectHyperparamsState, who)
+    if group is not None:
+        raise KeyError(f"{who}: group={group!r} given, but this state has no param groups.")
+    return state
+
+
+def get_hyperparams(
+    state: InjectHyperparamsState | ParamGroupsState, group: str | None = None
+) -> dict[str, jax.Array]:
+    """The hyperparameters of an :func:`inject_hyperparams` state, or of one group of a
+    :func:`param_groups` state: torch's ``optimizer.param_groups[i]``."""
+    return dict(_group_state(state, group, "get_hyperparams").hyperparams)
+
+
+def set_hyperparams(
+    state: InjectHyperparamsState | ParamGroupsState, group: str | None = None, **values: Any
+) -> InjectHyperparamsState | ParamGroupsState:
+    """A copy of ``state`` with new hyperparameter values, used from the next update on.
+
+    torch's ``optimizer.param_groups[i]["lr"] = x``. The values keep the stored dtype and
+    shape, so a jitted step does not recompile. Concrete values are validated with torch's
+    messages. A hyperparameter that follows a schedule is overwritten by it at the next
+    update, as a torch scheduler overwrites ``group["lr"]``.
+
+    Raises:
+      KeyError: for an unknown group or hyperparameter name.
+      ValueError: for a negative learning rate, momentum or weight decay, or a non-scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> tx = sgdx.inject_hyperparams(sgdx.sgd)(0.5, momentum=0.5)
+      >>> state = sgdx.set_hyperparams(tx.init(jnp.zeros(1)), learning_rate=0.25)
+      >>> float(sgdx.get_hyperparams(state)["learning_rate"])
+      0.25
+    """
+    inner = _group_state(state, group, "set_hyperparams")
+    hyperparams = dict(inner.hyperparams)
+    for name, value in values.items():
+        if name not in hyperparams:
+            raise KeyError(
+                f"{name!r} is not a hyperparameter of this optimizer; it has {sorted(hyperparams)}."
+            )
+        _hyperparams.check_hyperparameter(value, name, _NONNEGATIVE.get(name))
+        hyperparams[name] = jax.numpy.asarray(value, hyperparams[name].dtype)
+    updated = inner._replace(hyperparams=hyperparams)
+    if isinstance(state, ParamGroupsState):
+        return ParamGroupsState({**state.groups, group: updated})  # type: ignore[dict-item]
+    return updated

@@ -1,0 +1,114 @@
+"""Hyperparameters held in the optimizer state: changeable between steps without retracing."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgdx import _hyperparams, _tree
+from sgdx._base import GradientTransformation, OptState, Params, Updates
+
+
+class InjectHyperparamsState(NamedTuple):
+    """State of :func:`inject_hyperparams`."""
+
+    count: jax.Array  # type: ignore[assignment]  # optax's name, shadowing tuple.count
+    """Updates applied so far (int32, saturating); the schedules' argument."""
+    hyperparams: dict[str, jax.Array]
+    """The numeric hyperparameters as scalars; a scheduled one holds its latest value."""
+    inner_state: OptState
+    """The state of the wrapped transform."""
+
+
+def _is_numeric(value: Any) -> bool:
+    if isinstance(value, bool | str | np.dtype | type) or value is None:
+        return False
+    return isinstance(value, int | float | np.number | np.ndarray | jax.Array)
+
+
+def inject_hyperparams(
+    factory: Callable[..., GradientTransformation],
+) -> Callable[..., GradientTransformation]:
+    """Wraps a transform factory so that its numeric hyperparameters live in the state.
+
+    ``inject_hyperparams(sgdx.sgd)(0.1, momentum=0.9)`` is ``sgdx.sgd(0.1, momentum=0.9)``
+    with ``learning_rate``, ``momentum``, ``dampening`` and ``weight_decay`` held as scalars
+    in :class:`InjectHyperparamsState` ``.hyperparams``: the functional
+    ``optimizer.param_groups[0]["lr"] = x``. Change them between steps with
+    :func:`set_hyperparams` (no recompilation: the state keeps its structure and dtypes),
+    read them with :func:`get_hyperparams`. A hyperparameter given as a schedule
+    ``count -> value`` is evaluated at every step and its latest value is stored (readable,
+    not settable). Boolean and string arguments (``nesterov``, ``maximize``,
+    ``convention``) stay fixed at construction.
+
+    An injected ``momentum`` or ``weight_decay`` is always in the chain (its value may become
+    non-zero), so the momentum buffer always exists and ``update`` needs ``params``.
+    Hyperparameters are stored in JAX's default float dtype (float64 when x64 is on) and cast
+    to each parameter's dtype when used, as torch casts its Python floats.
+
+    Args:
+      factory: a function returning a :class:`~sgdx.GradientTransformation`, such as
+        :func:`sgdx.sgd`.
+
+    Returns:
+      A factory with the same arguments, whose transform has an
+      :class:`InjectHyperparamsState`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import sgdx
+      >>> tx = sgdx.inject_hyperparams(sgdx.sgd)(0.5, momentum=0.5)
+      >>> params = jnp.zeros(1)
+      >>> state = sgdx.set_hyperparams(tx.init(params), learning_rate=0.25)
+      >>> updates, state = tx.update(jnp.ones(1), state, params)
+      >>> print(updates, float(sgdx.get_hyperparams(state)["learning_rate"]))
+      [-0.25] 0.25
+    """
+    signature = inspect.signature(factory)
+
+    def wrapped(*args: Any, **kwargs: Any) -> GradientTransformation:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        factory(**bound.arguments)  # construction-time validation, torch's messages
+        schedules = {k: v for k, v in bound.arguments.items() if callable(v)}
+        numeric = {k: v for k, v in bound.arguments.items() if _is_numeric(v)}
+        static = {k: v for k, v in bound.arguments.items() if k not in schedules | numeric}
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+
+        def build(hyperparams: Mapping[str, jax.Array]) -> GradientTransformation:
+            return factory(**static, **hyperparams)
+
+        def evaluate(count: jax.Array, hyperparams: dict[str, jax.Array]) -> dict[str, jax.Array]:
+            values = dict(hyperparams)
+            for name, schedule in schedules.items():
+                value = _hyperparams.learning_rate_at(schedule, None, count)
+                values[name] = value.astype(dtype)
+            return values
+
+        def init_fn(params: Params) -> InjectHyperparamsState:
+            count = jnp.zeros((), jnp.int32)
+            hyperparams = evaluate(count, {k: jnp.asarray(v, dtype) for k, v in numeric.items()})
+            return InjectHyperparamsState(count, hyperparams, build(hyperparams).init(params))
+
+        def update_fn(
+            updates: Updates,
+            state: InjectHyperparamsState,
+            params: Params | None = None,
+            **extra_args: Any,
+        ) -> tuple[Updates, InjectHyperparamsState]:
+            _tree.check_state(state, InjectHyperparamsState, "inject_hyperparams")
+            hyperparams = evaluate(state.count, state.hyperparams)
+            updates, inner = build(hyperparams).update(
+                updates, state.inner_state, params, **extra_args
+            )
+            count = _tree.safe_increment(state.count)
+            return updates, InjectHyperparamsState(count, hyperparams, inner)
+
+        return GradientTransformation(init_fn, update_fn)
+
+    return wrapped
