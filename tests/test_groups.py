@@ -270,7 +270,7 @@ def test_set_hyperparams_errors():
         sgdx.set_hyperparams(state, group="f", learning_rate=0.2)
     with pytest.raises(KeyError, match="'lr' is not a hyperparameter"):
         sgdx.set_hyperparams(state, group="a", lr=0.2)
-    with pytest.raises(ValueError, match="Invalid learning rate: -0.2"):
+    with pytest.raises(ValueError, match=r"Invalid learning rate: -0\.2"):
         sgdx.set_hyperparams(state, group="a", learning_rate=-0.2)
     with pytest.raises(ValueError, match="group 'a' covers different parameters"):
         other = sgdx.param_groups({"w": "a", "v": "a"}, {"a": {}}, learning_rate=0.1)
