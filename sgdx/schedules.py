@@ -9,7 +9,8 @@ recursively, these in closed form).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,23 @@ import numpy as np
 from sgdx import _hyperparams
 from sgdx._base import Schedule
 
-__all__ = ["cosine_annealing_lr", "exponential_lr", "multistep_lr", "step_lr"]
+__all__ = [
+    "chained",
+    "constant_lr",
+    "cosine_annealing_lr",
+    "cosine_annealing_warm_restarts",
+    "exponential_lr",
+    "lambda_lr",
+    "linear_lr",
+    "multiplicative_lr",
+    "multistep_lr",
+    "one_cycle_lr",
+    "one_cycle_momentum",
+    "per_epoch",
+    "polynomial_lr",
+    "sequential",
+    "step_lr",
+]
 
 
 def _float(count: jax.Array) -> jax.Array:
@@ -95,3 +112,279 @@ def cosine_annealing_lr(base_lr: float, t_max: int, eta_min: float = 0.0) -> Sch
         return eta_min + (base_lr - eta_min) * (1 + jnp.cos(phase)) / 2
 
     return schedule
+
+
+def constant_lr(base_lr: float, factor: float = 1 / 3, total_iters: int = 5) -> Schedule:
+    r"""``ConstantLR``: :math:`\eta_0 \cdot` ``factor`` for :math:`t <` ``total_iters``, then
+    :math:`\eta_0`.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> [float(schedules.constant_lr(1.0, 0.5, total_iters=2)(t)) for t in range(3)]
+      [0.5, 0.5, 1.0]
+    """
+    _check(base_lr)
+    if not 0 <= factor <= 1:
+        raise ValueError("Constant multiplicative factor expected to be between 0 and 1.")
+    return lambda count: jnp.where(jnp.asarray(count) < total_iters, base_lr * factor, base_lr)
+
+
+def linear_lr(
+    base_lr: float, start_factor: float = 1 / 3, end_factor: float = 1.0, total_iters: int = 5
+) -> Schedule:
+    r"""``LinearLR``: the factor moves linearly from ``start_factor`` to ``end_factor`` over
+    ``total_iters`` updates, then stays.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> [float(schedules.linear_lr(1.0, 0.5, 1.0, total_iters=2)(t)) for t in range(4)]
+      [0.5, 0.75, 1.0, 1.0]
+    """
+    _check(base_lr)
+    if not 0 < start_factor <= 1 or not 0 <= end_factor <= 1:
+        raise ValueError(
+            "Starting multiplicative factor expected to be greater than 0 and less or equal "
+            "to 1, and the ending factor between 0 and 1."
+        )
+
+    def schedule(count: jax.Array) -> jax.Array:
+        progress = jnp.minimum(_float(count), total_iters) / total_iters
+        return base_lr * (start_factor + (end_factor - start_factor) * progress)
+
+    return schedule
+
+
+def polynomial_lr(base_lr: float, total_iters: int = 5, power: float = 1.0) -> Schedule:
+    r"""``PolynomialLR``: :math:`\eta_0 (1 - \min(t, T) / T)^{p}`.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> [float(schedules.polynomial_lr(1.0, total_iters=2, power=2.0)(t)) for t in range(3)]
+      [1.0, 0.25, 0.0]
+    """
+    _check(base_lr)
+    return lambda count: (
+        base_lr * (1 - jnp.minimum(_float(count), total_iters) / total_iters) ** power
+    )
+
+
+def cosine_annealing_warm_restarts(
+    base_lr: float, t_0: int, t_mult: int = 1, eta_min: float = 0.0
+) -> Schedule:
+    r"""``CosineAnnealingWarmRestarts``: cosine annealing restarted after :math:`T_0`,
+    :math:`T_0 T_{mult}`, :math:`T_0 T_{mult}^2`, ... updates.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> schedule = schedules.cosine_annealing_warm_restarts(1.0, t_0=2)
+      >>> [round(float(schedule(t)), 6) for t in range(4)]
+      [1.0, 0.5, 1.0, 0.5]
+    """
+    _check(base_lr)
+    if t_0 < 1 or t_mult < 1:
+        raise ValueError(f"t_0 and t_mult must be positive integers, got {t_0} and {t_mult}.")
+
+    def schedule(count: jax.Array) -> jax.Array:
+        t = jnp.asarray(count, jnp.int32)
+
+        def next_cycle(cycle: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+            start, length = cycle
+            return start + length, length * t_mult
+
+        start, length = jax.lax.while_loop(
+            lambda cycle: t >= cycle[0] + cycle[1], next_cycle, (jnp.int32(0), jnp.int32(t_0))
+        )
+        phase = jnp.pi * _float(t - start) / _float(length)
+        return eta_min + (base_lr - eta_min) * (1 + jnp.cos(phase)) / 2
+
+    return schedule
+
+
+Anneal = Literal["cos", "linear"]
+
+
+def _one_cycle(
+    count: jax.Array,
+    total_steps: int,
+    pct_start: float,
+    three_phase: bool,
+    anneal: Anneal,
+    values: tuple[float, float, float],
+) -> jax.Array:
+    """OneCycle's phases over ``values = (start, peak, end)`` (as torch's get_lr)."""
+    start, peak, end = values
+    if three_phase:
+        phases = [
+            (float(pct_start * total_steps) - 1, start, peak),
+            (float(2 * pct_start * total_steps) - 2, peak, start),
+            (total_steps - 1.0, start, end),
+        ]
+    else:
+        phases = [(float(pct_start * total_steps) - 1, start, peak), (total_steps - 1.0, peak, end)]
+    t = _float(count)
+    value = jnp.asarray(0.0, t.dtype)
+    begin = 0.0
+    for i, (finish, a, b) in reversed(list(enumerate(phases))):
+        begin = phases[i - 1][0] if i else 0.0
+        pct = (t - begin) / (finish - begin)
+        annealed = (
+            b + (a - b) / 2 * (jnp.cos(jnp.pi * pct) + 1) if anneal == "cos" else (b - a) * pct + a
+        )
+        value = annealed if i == len(phases) - 1 else jnp.where(t <= finish, annealed, value)
+    return value
+
+
+def one_cycle_lr(
+    max_lr: float,
+    total_steps: int,
+    pct_start: float = 0.3,
+    anneal_strategy: Anneal = "cos",
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+    three_phase: bool = False,
+) -> Schedule:
+    r"""``OneCycleLR``'s learning rate: from ``max_lr / div_factor`` up to ``max_lr`` over
+    ``pct_start`` of ``total_steps``, then down to ``max_lr / div_factor / final_div_factor``.
+
+    torch's OneCycleLR also cycles momentum by default; pass :func:`one_cycle_momentum` as
+    the momentum of ``sgdx.inject_hyperparams(sgdx.sgd)`` for that.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> schedule = schedules.one_cycle_lr(1.0, total_steps=10, anneal_strategy="linear")
+      >>> [round(float(schedule(t)), 4) for t in (0, 2, 9)]
+      [0.04, 1.0, 0.0]
+    """
+    _check(max_lr)
+    if total_steps < 1 or not 0 < pct_start < 1:
+        raise ValueError("total_steps must be positive and pct_start in (0, 1).")
+    initial = max_lr / div_factor
+    values = (initial, max_lr, initial / final_div_factor)
+    return lambda count: _one_cycle(
+        count, total_steps, pct_start, three_phase, anneal_strategy, values
+    )
+
+
+def one_cycle_momentum(
+    total_steps: int,
+    base_momentum: float = 0.85,
+    max_momentum: float = 0.95,
+    pct_start: float = 0.3,
+    anneal_strategy: Anneal = "cos",
+    three_phase: bool = False,
+) -> Schedule:
+    """``OneCycleLR``'s momentum (``cycle_momentum=True``): from ``max_momentum`` down to
+    ``base_momentum`` while the learning rate rises, and back.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> schedule = schedules.one_cycle_momentum(10, anneal_strategy="linear")
+      >>> [round(float(schedule(t)), 4) for t in (0, 2, 9)]
+      [0.95, 0.85, 0.95]
+    """
+    values = (max_momentum, base_momentum, max_momentum)
+    return lambda count: _one_cycle(
+        count, total_steps, pct_start, three_phase, anneal_strategy, values
+    )
+
+
+def lambda_lr(base_lr: float, lr_lambda: Callable[[jax.Array], jax.Array]) -> Schedule:
+    r"""``LambdaLR``: :math:`\eta_0 \cdot` ``lr_lambda(t)`` (a JAX-traceable function).
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> [round(float(schedules.lambda_lr(1.0, lambda t: 1 / (t + 1.0))(t)), 4) for t in range(3)]
+      [1.0, 0.5, 0.3333]
+    """
+    _check(base_lr)
+    return lambda count: base_lr * lr_lambda(jnp.asarray(count))
+
+
+def multiplicative_lr(base_lr: float, lr_lambda: Callable[[jax.Array], jax.Array]) -> Schedule:
+    r"""``MultiplicativeLR``: :math:`\eta_t = \eta_0 \prod_{i=1}^{t}` ``lr_lambda(i)``.
+
+    The product is taken in a loop of ``t`` iterations per evaluation.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> [float(schedules.multiplicative_lr(1.0, lambda i: 0.5)(t)) for t in range(3)]
+      [1.0, 0.5, 0.25]
+    """
+    _check(base_lr)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        t = jnp.asarray(count, jnp.int32)
+        one = jnp.asarray(base_lr, jax.dtypes.canonicalize_dtype(jnp.float64))
+        return jax.lax.fori_loop(1, t + 1, lambda i, lr: lr * lr_lambda(i), one)
+
+    return schedule
+
+
+def sequential(schedules: Sequence[Schedule], milestones: Sequence[int]) -> Schedule:
+    """``SequentialLR``: ``schedules[i]`` from ``milestones[i - 1]`` on, restarted there.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> warmup = schedules.linear_lr(1.0, 0.5, 1.0, total_iters=2)
+      >>> schedule = schedules.sequential([warmup, schedules.exponential_lr(1.0, 0.5)], [2])
+      >>> [float(schedule(t)) for t in range(4)]
+      [0.5, 0.75, 1.0, 0.5]
+    """
+    if len(milestones) != len(schedules) - 1:
+        raise ValueError(
+            "Sequential Schedulers expects number of schedulers provided to be one more than "
+            f"the number of milestone points, but got number of schedulers {len(schedules)} "
+            f"and the number of milestones to be equal to {len(milestones)}"
+        )
+    starts = [0, *milestones]
+
+    def schedule(count: jax.Array) -> jax.Array:
+        t = jnp.asarray(count, jnp.int32)
+        value = jnp.asarray(schedules[0](t))
+        for start, inner in zip(starts[1:], schedules[1:], strict=True):
+            value = jnp.where(t >= start, inner(jnp.maximum(t - start, 0)), value)
+        return value
+
+    return schedule
+
+
+def chained(base_lr: float, *schedules: Schedule) -> Schedule:
+    r"""``ChainedScheduler``: every schedule's factor applied together,
+    :math:`\eta_t = \eta_0 \prod_i s_i(t) / \eta_0`, each :math:`s_i` built with ``base_lr``.
+
+    This is torch's result for multiplicative schedulers (StepLR, MultiStepLR,
+    ExponentialLR, ConstantLR, LinearLR), the ones chained in practice.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> schedule = schedules.chained(
+      ...     1.0, schedules.constant_lr(1.0, 0.5, 2), schedules.exponential_lr(1.0, 0.5))
+      >>> [float(schedule(t)) for t in range(3)]
+      [0.5, 0.25, 0.25]
+    """
+    _check(base_lr)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        value = jnp.asarray(base_lr, jax.dtypes.canonicalize_dtype(jnp.float64))
+        for inner in schedules:
+            value = value * (inner(count) / base_lr)
+        return value
+
+    return schedule
+
+
+def per_epoch(schedule: Schedule, steps_per_epoch: int) -> Schedule:
+    """A schedule stepped once per epoch, for a run of ``steps_per_epoch`` updates per epoch.
+
+    torch recipes usually call ``scheduler.step()`` after each epoch, not each batch:
+    ``per_epoch(step_lr(0.1, step_size=30), len(loader))`` is that ``StepLR``.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> schedule = schedules.per_epoch(schedules.exponential_lr(1.0, 0.5), steps_per_epoch=2)
+      >>> [float(schedule(t)) for t in range(5)]
+      [1.0, 1.0, 0.5, 0.5, 0.25]
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch}.")
+    return lambda count: schedule(jnp.asarray(count) // steps_per_epoch)

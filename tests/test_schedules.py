@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -19,22 +20,163 @@ CASES = [
 ]
 
 
-def torch_sequence(name, kwargs, base_lr):
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
+def torch_sequence(name, kwargs, base_lr, key="lr"):
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr, momentum=0.9)
     scheduler = getattr(torch.optim.lr_scheduler, name)(optimizer, **kwargs)
-    lrs = []
+    values = []
     for _ in range(STEPS):
-        lrs.append(optimizer.param_groups[0]["lr"])
+        values.append(optimizer.param_groups[0][key])
         optimizer.step()
         scheduler.step()
-    return np.asarray(lrs)
+    return np.asarray(values)
+
+
+def sgdx_sequence(schedule):
+    return np.asarray(jax.jit(jax.vmap(schedule))(np.arange(STEPS, dtype=np.int32)))
+
+
+def torch_scheduler(name, **kwargs):
+    return lambda optimizer: getattr(torch.optim.lr_scheduler, name)(optimizer, **kwargs)
+
+
+def run_torch_schedulers(make, base_lr=0.1, steps_per_epoch=1, key="lr"):
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr, momentum=0.9)
+    scheduler = make(optimizer)
+    values = []
+    for step in range(STEPS):
+        values.append(optimizer.param_groups[0][key])
+        optimizer.step()
+        if (step + 1) % steps_per_epoch == 0:
+            scheduler.step()
+    return np.asarray(values)
+
+
+def as_float(t):
+    return jnp.asarray(t).astype(jnp.float64)
+
+
+MORE_CASES = {
+    "ConstantLR": (
+        torch_scheduler("ConstantLR", factor=0.5, total_iters=40),
+        schedules.constant_lr(0.1, 0.5, 40),
+    ),
+    "LinearLR": (
+        torch_scheduler("LinearLR", start_factor=0.25, end_factor=1.0, total_iters=50),
+        schedules.linear_lr(0.1, 0.25, 1.0, 50),
+    ),
+    "LinearLR decay": (
+        torch_scheduler("LinearLR", start_factor=1.0, end_factor=0.1, total_iters=250),
+        schedules.linear_lr(0.1, 1.0, 0.1, 250),
+    ),
+    "PolynomialLR": (
+        torch_scheduler("PolynomialLR", total_iters=200, power=2.0),
+        schedules.polynomial_lr(0.1, 200, 2.0),
+    ),
+    "CosineAnnealingWarmRestarts": (
+        torch_scheduler("CosineAnnealingWarmRestarts", T_0=25, eta_min=1e-4),
+        schedules.cosine_annealing_warm_restarts(0.1, 25, eta_min=1e-4),
+    ),
+    "CosineAnnealingWarmRestarts T_mult=2": (
+        torch_scheduler("CosineAnnealingWarmRestarts", T_0=20, T_mult=2),
+        schedules.cosine_annealing_warm_restarts(0.1, 20, t_mult=2),
+    ),
+    "OneCycleLR": (
+        torch_scheduler("OneCycleLR", max_lr=0.5, total_steps=STEPS),
+        schedules.one_cycle_lr(0.5, STEPS),
+    ),
+    "OneCycleLR linear three-phase": (
+        torch_scheduler(
+            "OneCycleLR", max_lr=0.5, total_steps=STEPS, anneal_strategy="linear", three_phase=True
+        ),
+        schedules.one_cycle_lr(0.5, STEPS, anneal_strategy="linear", three_phase=True),
+    ),
+    "LambdaLR": (
+        torch_scheduler("LambdaLR", lr_lambda=lambda epoch: 1 / (1 + 0.05 * epoch)),
+        schedules.lambda_lr(0.1, lambda t: 1 / (1 + 0.05 * as_float(t))),
+    ),
+    "MultiplicativeLR": (
+        torch_scheduler("MultiplicativeLR", lr_lambda=lambda epoch: 0.99),
+        schedules.multiplicative_lr(0.1, lambda i: 0.99),
+    ),
+    "SequentialLR": (
+        lambda opt: torch.optim.lr_scheduler.SequentialLR(
+            opt,
+            [
+                torch.optim.lr_scheduler.ConstantLR(opt, factor=0.1, total_iters=2),
+                torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9),
+            ],
+            milestones=[2],
+        ),
+        schedules.sequential(
+            [schedules.constant_lr(0.1, 0.1, 2), schedules.exponential_lr(0.1, 0.9)], [2]
+        ),
+    ),
+    "SequentialLR warmup cosine": (
+        lambda opt: torch.optim.lr_scheduler.SequentialLR(
+            opt,
+            [
+                torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=20),
+                torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=280),
+            ],
+            milestones=[20],
+        ),
+        schedules.sequential(
+            [schedules.linear_lr(0.1, 0.1, 1.0, 20), schedules.cosine_annealing_lr(0.1, 280)], [20]
+        ),
+    ),
+    "ChainedScheduler": (
+        lambda opt: torch.optim.lr_scheduler.ChainedScheduler(
+            [
+                torch.optim.lr_scheduler.ConstantLR(opt, factor=0.1, total_iters=2),
+                torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9),
+            ]
+        ),
+        schedules.chained(
+            0.1, schedules.constant_lr(0.1, 0.1, 2), schedules.exponential_lr(0.1, 0.9)
+        ),
+    ),
+    "ChainedScheduler step+linear": (
+        lambda opt: torch.optim.lr_scheduler.ChainedScheduler(
+            [
+                torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.2, total_iters=30),
+                torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5),
+            ]
+        ),
+        schedules.chained(
+            0.1, schedules.linear_lr(0.1, 0.2, 1.0, 30), schedules.step_lr(0.1, 50, 0.5)
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MORE_CASES))
+def test_more_schedules_match_torch(name):
+    make_torch, ours = MORE_CASES[name]
+    np.testing.assert_allclose(
+        sgdx_sequence(ours), run_torch_schedulers(make_torch), rtol=1e-12, atol=1e-15
+    )
+
+
+@pytest.mark.parametrize("three_phase", [False, True])
+def test_one_cycle_momentum_matches_torch(three_phase):
+    make = torch_scheduler("OneCycleLR", max_lr=0.5, total_steps=STEPS, three_phase=three_phase)
+    ours = schedules.one_cycle_momentum(STEPS, three_phase=three_phase)
+    expected = run_torch_schedulers(make, key="momentum")
+    np.testing.assert_allclose(sgdx_sequence(ours), expected, rtol=1e-12)
+
+
+def test_per_epoch_matches_a_scheduler_stepped_each_epoch():
+    make = torch_scheduler("StepLR", step_size=3, gamma=0.5)
+    expected = run_torch_schedulers(make, steps_per_epoch=7)
+    ours = schedules.per_epoch(schedules.step_lr(0.1, 3, 0.5), steps_per_epoch=7)
+    np.testing.assert_allclose(sgdx_sequence(ours), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize(("name", "kwargs", "make"), CASES, ids=[c[0] for c in CASES])
 def test_schedule_matches_torch_scheduler(name, kwargs, make):
     base_lr = 0.1
     ours = make(base_lr, **{k.lower(): v for k, v in kwargs.items()})
-    actual = np.asarray(jax.jit(jax.vmap(ours))(np.arange(STEPS, dtype=np.int32)))
+    actual = sgdx_sequence(ours)
     np.testing.assert_allclose(
         actual, torch_sequence(name, kwargs, base_lr), rtol=1e-12, atol=1e-15
     )
