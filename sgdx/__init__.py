@@ -20,6 +20,7 @@ from sgdx._groups import (
 )
 from sgdx._inject import InjectHyperparamsState, inject_hyperparams
 from sgdx._momentum import SutskeverTraceState, TraceState, sutskever_trace, trace
+from sgdx._plateau import ReduceLROnPlateauState, reduce_lr_on_plateau
 from sgdx._transforms import (
     ScaleByLearningRateState,
     add_decayed_weights,
@@ -35,6 +36,7 @@ __all__ = [
     "GradientTransformation",
     "InjectHyperparamsState",
     "ParamGroupsState",
+    "ReduceLROnPlateauState",
     "ScalarOrSchedule",
     "ScaleByLearningRateState",
     "Schedule",
@@ -51,6 +53,7 @@ __all__ = [
     "inject_hyperparams",
     "maximize",
     "param_groups",
+    "reduce_lr_on_plateau",
     "scale_by_learning_rate",
     "schedules",
     "set_hyperparams",

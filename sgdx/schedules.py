@@ -315,7 +315,7 @@ def multiplicative_lr(base_lr: float, lr_lambda: Callable[[jax.Array], jax.Array
     def schedule(count: jax.Array) -> jax.Array:
         t = jnp.asarray(count, jnp.int32)
         one = jnp.asarray(base_lr, jax.dtypes.canonicalize_dtype(jnp.float64))
-        return jax.lax.fori_loop(1, t + 1, lambda i, lr: lr * lr_lambda(i), one)
+        return jnp.asarray(jax.lax.fori_loop(1, t + 1, lambda i, lr: lr * lr_lambda(i), one))
 
     return schedule
 

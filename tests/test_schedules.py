@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import sgdx
 from sgdx import schedules
 
 torch = pytest.importorskip("torch")
@@ -194,3 +195,47 @@ def test_schedule_matches_torch_scheduler(name, kwargs, make):
 def test_invalid_schedule_arguments(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+PLATEAU_CASES = [
+    {},
+    {"factor": 0.5, "patience": 2, "cooldown": 2, "min_lr": 0.02},
+    {"mode": "max", "factor": 0.3, "patience": 1, "threshold": 0.05, "threshold_mode": "abs"},
+    {"patience": 0, "threshold": 0.2},
+]
+
+
+@pytest.mark.parametrize("kwargs", PLATEAU_CASES, ids=lambda k: ",".join(k) or "defaults")
+def test_reduce_lr_on_plateau_matches_torch(kwargs):
+    rng = np.random.default_rng(0)
+    epochs, steps_per_epoch = 80, 3
+    metrics = np.concatenate([np.linspace(2.0, 1.0, 20), np.full(60, 1.0)]) + rng.normal(
+        0, 0.02, epochs
+    )
+    if kwargs.get("mode") == "max":
+        metrics = -metrics
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **kwargs)
+    tx = sgdx.chain(
+        sgdx.sgd(0.1), sgdx.reduce_lr_on_plateau(0.1, steps_per_epoch=steps_per_epoch, **kwargs)
+    )
+    params = jnp.zeros((), jnp.float64)
+    state = tx.init(params)
+    step = jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
+    for epoch in range(epochs):
+        for _ in range(steps_per_epoch):
+            updates, state = step(jnp.ones((), jnp.float64), state, params, metrics[epoch])
+            np.testing.assert_allclose(updates, -optimizer.param_groups[0]["lr"], rtol=1e-12)
+        scheduler.step(metrics[epoch])
+        np.testing.assert_allclose(
+            state[1].learning_rate, optimizer.param_groups[0]["lr"], rtol=1e-12
+        )
+    assert optimizer.param_groups[0]["lr"] < 0.1  # the plateau was detected
+
+
+def test_reduce_lr_on_plateau_needs_the_metric():
+    tx = sgdx.reduce_lr_on_plateau(0.1)
+    with pytest.raises(ValueError, match="value=loss"):
+        tx.update(jnp.ones(1), tx.init(jnp.ones(1)))
+    with pytest.raises(ValueError, match=r"Factor should be < 1\.0"):
+        sgdx.reduce_lr_on_plateau(0.1, factor=1.5)
