@@ -1,0 +1,33 @@
+"""The scripts in examples/ run as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def run(script: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_resume_from_torch_continues_identically():
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    rows = [
+        line.split()
+        for line in run("resume_from_torch.py").splitlines()
+        if line[:5].strip().isdigit()
+    ]
+    assert [int(r[0]) for r in rows] == [4, 5, 6, 7]
+    for _, torch_loss, sgdx_loss, max_diff in rows:
+        assert abs(float(torch_loss) - float(sgdx_loss)) < 1e-12
+        assert float(max_diff) < 1e-12
