@@ -241,7 +241,7 @@ def test_bad_checkpoints_raise_and_change_nothing():
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     adam.step()
-    with pytest.raises(ValueError, match="not a torch.optim.SGD state_dict"):
+    with pytest.raises(ValueError, match=r"not a torch\.optim\.SGD state_dict"):
         torch_interop.load_state_dict(adam.state_dict(), state, params, NAMES)
     with pytest.raises(TypeError, match="hyperparameters"):
         torch_interop.load_state_dict(checkpoint, sgdx.sgd(0.1).init(params), params, NAMES)
