@@ -23,8 +23,10 @@ def test_readme_quick_start_runs_and_learns():
     assert float(namespace["loss"](params, namespace["x"], namespace["y"])) < 0.1
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "docs").glob("*.md")), ids=lambda p: p.name)
-def test_docs_snippets_run(path):
+@pytest.mark.parametrize(
+    "path", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name
+)
+def test_every_snippet_runs(path):
     for code in snippets(path):
         with jax.numpy_dtype_promotion("standard"):
             exec(code, {})
