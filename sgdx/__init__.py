@@ -1,6 +1,6 @@
 """sgdx: PyTorch's SGD, exactly, as composable JAX gradient transformations."""
 
-from sgdx import conventions, schedules
+from sgdx import conventions, schedules, sharding
 from sgdx._alias import sgd
 from sgdx._base import (
     EmptyState,
@@ -58,6 +58,7 @@ __all__ = [
     "schedules",
     "set_hyperparams",
     "sgd",
+    "sharding",
     "sutskever_trace",
     "trace",
 ]

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from sgdx import _tree
+
 PyTree = Any
 Params = PyTree
 Updates = PyTree
@@ -131,7 +133,9 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     """Adds updates to parameters, keeping each parameter's dtype: :math:`p \\leftarrow p + u`.
 
     A ``None`` update leaves its parameter unchanged. An update of another dtype is cast to
-    the parameter's dtype before the addition.
+    the parameter's dtype before the addition, and under explicit sharding an update laid
+    out differently (a ZeRO-1 sharded one) is resharded like its parameter, so parameters
+    keep their dtype and sharding.
 
     Args:
       params: the parameters.
@@ -152,6 +156,6 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         if u is None:
             return p
         p = jnp.asarray(p)
-        return p + jnp.asarray(u).astype(p.dtype)
+        return p + _tree.match_sharding(jnp.asarray(u).astype(p.dtype), p)
 
     return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)

@@ -96,7 +96,7 @@ def trace(
         return TraceState(momentum_buffer=buffers, initialized=flags)
 
     def leaf(g: jax.Array, buf: jax.Array, initialized: jax.Array) -> tuple[Any, ...]:
-        acc = g.astype(buf.dtype)
+        acc = _tree.match_sharding(g.astype(buf.dtype), buf)
         mu = _hyperparams.cast(momentum, buf)
         new_buf = jnp.where(
             initialized, mu * buf + _hyperparams.cast(1 - dampening, buf) * acc, acc
@@ -230,7 +230,7 @@ def sutskever_trace(
         def leaf(
             g: jax.Array, v: jax.Array, initialized: jax.Array, last_lr: jax.Array
         ) -> tuple[Any, ...]:
-            acc = g.astype(v.dtype)
+            acc = _tree.match_sharding(g.astype(v.dtype), v)
             lr = _hyperparams.cast(lr_t, v)
             mu = _hyperparams.cast(momentum, v)
             carried = v

@@ -1,5 +1,6 @@
 """Pytree plumbing shared by the transforms: leaf-wise maps with ``None`` gradients,
-structure/shape/dtype checks that name the offending path, and saturating counters."""
+structure/shape/dtype checks that name the offending path, sharding matching and
+saturating counters. The bottom layer: it imports nothing from sgdx."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path
 
-from sgdx._base import PyTree, Updates
+PyTree = Any
+Updates = Any
 
 _MAX_PATHS_SHOWN = 5
 
@@ -115,6 +117,21 @@ def check_state(state: Any, expected: type, who: str) -> None:
             "was made by a different optimizer configuration; build it with this "
             "optimizer's init(params)."
         )
+
+
+def match_sharding(x: jax.Array, reference: jax.Array) -> jax.Array:
+    """``x`` resharded like ``reference`` when ``reference`` is explicitly sharded.
+
+    Under JAX's explicit sharding (``jax.make_mesh`` axes are ``Explicit`` by default) the
+    operands of a select must agree, so a replicated gradient meets a sharded (ZeRO-1)
+    buffer in the buffer's layout. Outside explicit sharding this is the identity.
+    """
+    target = jax.typeof(reference).sharding
+    explicit = jax.sharding.AxisType.Explicit in tuple(getattr(target.mesh, "axis_types", ()))
+    if not explicit or jax.typeof(x).sharding == target:
+        return x
+    resharded: jax.Array = jax.sharding.reshard(x, target)  # type: ignore[no-untyped-call]
+    return resharded
 
 
 def safe_increment(count: jax.Array) -> jax.Array:
