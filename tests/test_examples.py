@@ -31,3 +31,18 @@ def test_resume_from_torch_continues_identically():
     for _, torch_loss, sgdx_loss, max_diff in rows:
         assert abs(float(torch_loss) - float(sgdx_loss)) < 1e-12
         assert float(max_diff) < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("script", "needs", "expected"),
+    [
+        ("optax_chain.py", "optax", "w ="),
+        ("flax_training.py", "flax", "nnx loss"),
+        ("equinox_training.py", "equinox", "loss"),
+        ("orbax_checkpoint.py", "orbax.checkpoint", "identical to the uninterrupted run: True"),
+        ("data_parallel.py", "jax", "buffer shard on each device: (2, 64) of (16, 64)"),
+    ],
+)
+def test_ecosystem_examples_run(script, needs, expected):
+    pytest.importorskip(needs)
+    assert expected in run(script)

@@ -37,6 +37,7 @@ def named_sharding(mesh):
     x, y = jax.device_put(X, batch), jax.device_put(Y, batch)
     for _ in range(STEPS):
         params, state = step(params, state, x, y)
+        jax.block_until_ready(params)  # simulated devices: one step in flight
     assert params["w1"].sharding.is_fully_replicated
     return params
 
@@ -64,6 +65,7 @@ def shard_map_modes(mesh):
         params, state = PARAMS, tx.init(PARAMS)
         for _ in range(STEPS):
             params, state = step(params, state, x, y)
+            jax.block_until_ready(params)  # simulated devices: one step in flight
         results[name] = params
     # the naive form's first gradient, against the true one
     grad = jax.grad(loss_fn)(PARAMS, X, Y)
@@ -90,6 +92,7 @@ def pmap_mode():
     x, y = X.reshape(n, -1, X.shape[1]), Y.reshape(n, -1, Y.shape[1])
     for _ in range(STEPS):
         params, state = step(params, state, x, y)
+        jax.block_until_ready(params)  # simulated devices: one step in flight
     first = jax.tree.map(lambda a: a[0], params)
     spread = max(float(jnp.max(jnp.abs(a - a[0]))) for a in jax.tree.leaves(params))
     return first, spread
@@ -110,6 +113,7 @@ def zero1(mesh):
     x, y = jax.device_put(X, batch), jax.device_put(Y, batch)
     for _ in range(STEPS):
         params, state = step(params, state, x, y)
+        jax.block_until_ready(params)  # simulated devices: one step in flight
     buffer = state[1].momentum_buffer["w1"]
     shard_rows = {s.data.shape[0] for s in buffer.addressable_shards}
     return params, {
