@@ -15,24 +15,6 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-process_id, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-# before anything touches a device: the problem module builds arrays when imported
-jax.distributed.initialize(
-    coordinator_address=f"127.0.0.1:{port}",
-    num_processes=2,
-    process_id=process_id,
-    initialization_timeout=60,
-    heartbeat_timeout_seconds=10,
-    shutdown_timeout_seconds=10,
-)
-
-from tests.distributed.problem import PARAMS, STEPS, X, Y, apply, loss_fn, tx  # noqa: E402
-
-assert jax.device_count() == 4 and jax.local_device_count() == 2
-mesh = jax.make_mesh((4,), ("data",))
-replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-
 
 def global_array(value, sharding):
     """This process provides only the shards its own devices hold."""
@@ -40,17 +22,40 @@ def global_array(value, sharding):
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
-params = jax.tree.map(lambda a: global_array(a, replicated), PARAMS)
-state = jax.jit(tx.init, out_shardings=replicated)(params)
-x, y = global_array(X, batch), global_array(Y, batch)
-step = jax.jit(
-    lambda p, s, x, y: apply(p, s, jax.grad(loss_fn)(p, x, y)),
-    in_shardings=(replicated, replicated, batch, batch),
-    out_shardings=(replicated, replicated),
-)
-for _ in range(STEPS):
-    params, state = step(params, state, x, y)
-local = {k: np.asarray(v.addressable_shards[0].data) for k, v in params.items()}
-np.savez(out, **local)
-print(f"process {process_id}: done")
-jax.distributed.shutdown()
+def main(process_id: int, port: int, out: str) -> None:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # before anything touches a device: the problem module builds arrays when imported
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=2,
+        process_id=process_id,
+        initialization_timeout=60,
+        heartbeat_timeout_seconds=10,
+        shutdown_timeout_seconds=10,
+    )
+
+    from tests.distributed.problem import PARAMS, STEPS, X, Y, apply, loss_fn, tx
+
+    assert jax.device_count() == 4 and jax.local_device_count() == 2
+    mesh = jax.make_mesh((4,), ("data",))
+    replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    params = jax.tree.map(lambda a: global_array(a, replicated), PARAMS)
+    state = jax.jit(tx.init, out_shardings=replicated)(params)
+    x, y = global_array(X, batch), global_array(Y, batch)
+    step = jax.jit(
+        lambda p, s, x, y: apply(p, s, jax.grad(loss_fn)(p, x, y)),
+        in_shardings=(replicated, replicated, batch, batch),
+        out_shardings=(replicated, replicated),
+    )
+    for _ in range(STEPS):
+        params, state = step(params, state, x, y)
+        jax.block_until_ready(params)
+    local = {k: np.asarray(v.addressable_shards[0].data) for k, v in params.items()}
+    np.savez(out, **local)
+    print(f"process {process_id}: done")
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
