@@ -11,6 +11,7 @@ from sgdx._base import (
     chain,
     identity,
 )
+from sgdx._fused import FusedSGD, fused_sgd
 from sgdx._groups import (
     ParamGroupsState,
     add_param_groups,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EmptyState",
+    "FusedSGD",
     "GradientTransformation",
     "InjectHyperparamsState",
     "ParamGroupsState",
@@ -48,6 +50,7 @@ __all__ = [
     "apply_updates",
     "chain",
     "conventions",
+    "fused_sgd",
     "get_hyperparams",
     "identity",
     "inject_hyperparams",

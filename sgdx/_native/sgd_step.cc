@@ -1,0 +1,125 @@
+// One in-place pass of torch.optim.SGD's update over every leaf of a parameter tree.
+//
+// Per element, in the reference path's order of operations (sgdx.sgd):
+//   g = maximize ? -grad : grad
+//   g = g + weight_decay * p                                   (weight_decay != 0)
+//   b = initialized ? momentum * b + (1 - dampening) * g : g   (momentum != 0)
+//   g = nesterov ? g + momentum * b : b                        (momentum != 0)
+//   p = p + (-lr) * g
+// Inputs: hyper = [lr, momentum, dampening, weight_decay] (leaf dtype), flags (one bool per
+// leaf), then n params, n grads, n buffers. Outputs (aliased to the inputs): flags, n params,
+// n buffers. Work is split by element count over the host's cores.
+#include <algorithm>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+template <typename T>
+struct Leaf {
+  T* p;
+  const T* g;
+  T* b;
+  int64_t size;
+  bool initialized;
+};
+
+template <typename T>
+void Update(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep, T wd,
+            bool nesterov, bool maximize) {
+  T* __restrict p = leaf.p;
+  const T* __restrict g = leaf.g;
+  T* __restrict b = leaf.b;
+  const T neg_lr = -lr;
+  for (int64_t i = begin; i < end; ++i) {
+    T d = maximize ? -g[i] : g[i];
+    if (wd != T(0)) d = d + wd * p[i];
+    if (momentum != T(0)) {
+      const T buf = leaf.initialized ? momentum * b[i] + keep * d : d;
+      b[i] = buf;
+      d = nesterov ? d + momentum * buf : buf;
+    }
+    p[i] = p[i] + neg_lr * d;
+  }
+}
+
+template <ffi::DataType dtype>
+ffi::Error Step(ffi::Buffer<dtype> hyper, ffi::Buffer<ffi::PRED> flags, ffi::RemainingArgs args,
+                ffi::Result<ffi::Buffer<ffi::PRED>> flags_out, ffi::RemainingRets rets,
+                bool nesterov, bool maximize) {
+  using T = ffi::NativeType<dtype>;
+  const int64_t n = static_cast<int64_t>(flags.element_count());
+  if (static_cast<int64_t>(args.size()) != 3 * n || static_cast<int64_t>(rets.size()) != 2 * n) {
+    return ffi::Error::InvalidArgument("sgdx_sgd_step: expected n params, grads and buffers");
+  }
+  const T* h = hyper.typed_data();
+  const T lr = h[0], momentum = h[1], keep = T(1) - h[2], wd = h[3];
+  const bool* in_flags = flags.typed_data();
+  bool* out_flags = flags_out->typed_data();
+
+  std::vector<Leaf<T>> leaves;
+  leaves.reserve(n);
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    auto p_in = args.get<ffi::AnyBuffer>(i);
+    auto g_in = args.get<ffi::AnyBuffer>(n + i);
+    auto b_in = args.get<ffi::AnyBuffer>(2 * n + i);
+    auto p_out = rets.get<ffi::AnyBuffer>(i);
+    auto b_out = rets.get<ffi::AnyBuffer>(n + i);
+    if (!p_in.has_value() || !g_in.has_value() || !b_in.has_value() || !p_out.has_value() ||
+        !b_out.has_value()) {
+      return ffi::Error::InvalidArgument("sgdx_sgd_step: bad buffer");
+    }
+    T* p = reinterpret_cast<T*>((*p_out)->untyped_data());
+    T* b = reinterpret_cast<T*>((*b_out)->untyped_data());
+    const int64_t size = static_cast<int64_t>(p_in->element_count());
+    // The outputs alias the inputs when the caller donates them; copy when it does not.
+    if (p != p_in->untyped_data()) std::copy_n(reinterpret_cast<const T*>(p_in->untyped_data()), size, p);
+    if (b != b_in->untyped_data()) std::copy_n(reinterpret_cast<const T*>(b_in->untyped_data()), size, b);
+    leaves.push_back({p, reinterpret_cast<const T*>(g_in->untyped_data()), b, size, in_flags[i]});
+    out_flags[i] = in_flags[i] || momentum != T(0);
+    total += size;
+  }
+
+  const int64_t workers = std::max<int64_t>(
+      1, std::min<int64_t>(std::thread::hardware_concurrency(), total / (1 << 16)));
+  auto run = [&](int64_t w) {
+    // worker w takes elements [w * total / workers, (w + 1) * total / workers) of the tree
+    const int64_t lo = w * total / workers, hi = (w + 1) * total / workers;
+    int64_t offset = 0;
+    for (const Leaf<T>& leaf : leaves) {
+      const int64_t begin = std::max(lo, offset), end = std::min(hi, offset + leaf.size);
+      if (begin < end) {
+        Update(leaf, begin - offset, end - offset, lr, momentum, keep, wd, nesterov, maximize);
+      }
+      offset += leaf.size;
+      if (offset >= hi) break;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int64_t w = 1; w < workers; ++w) threads.emplace_back(run, w);
+  run(0);
+  for (auto& t : threads) t.join();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define SGDX_HANDLER(name, dtype)                                             \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, Step<dtype>,                            \
+                                ffi::Ffi::Bind()                              \
+                                    .Arg<ffi::Buffer<dtype>>()                \
+                                    .Arg<ffi::Buffer<ffi::PRED>>()            \
+                                    .RemainingArgs()                          \
+                                    .Ret<ffi::Buffer<ffi::PRED>>()            \
+                                    .RemainingRets()                          \
+                                    .Attr<bool>("nesterov")                   \
+                                    .Attr<bool>("maximize"));
+
+SGDX_HANDLER(SgdxSgdStepF32, ffi::F32)
+SGDX_HANDLER(SgdxSgdStepF64, ffi::F64)

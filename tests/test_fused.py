@@ -1,0 +1,123 @@
+"""fused_sgd's native step against the reference path and against torch."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sgdx
+from sgdx._fused import native_status
+from tests import oracle
+
+MOMENTUM_CONFIGS = [(n, kw) for n, kw in oracle.CONFIGS if kw.get("momentum")]
+
+
+def test_native_kernel_is_built_here():
+    """CI and development machines have a C++ compiler: the fast path must be live there."""
+    assert native_status() == "ok"
+
+
+def fused_from_config(kwargs, lrs):
+    table = jnp.asarray(np.asarray(lrs))
+    options = {k: v for k, v in kwargs.items() if k != "lr"}
+    return sgdx.fused_sgd(lambda count: table[count], **options)
+
+
+def run_fused(opt, problem, steps=oracle.STEPS, donate=True):
+    params = {k: jnp.asarray(v) for k, v in problem["params"].items()}
+    state = opt.init(params)
+    step = jax.jit(opt.step, donate_argnums=(0, 2) if donate else ())
+    out = {f"param/{k}": [] for k in params} | {f"buf/{k}": [] for k in params}
+    for k in range(steps):
+        grads = oracle.gradient(problem, {n: np.asarray(p) for n, p in params.items()}, k)
+        params, state = step(params, grads, state)
+        buffers = oracle.momentum_buffers(state)
+        for name, p in params.items():
+            out[f"param/{name}"].append(np.asarray(p))
+            out[f"buf/{name}"].append(buffers.get(name, np.full(p.shape, np.nan, p.dtype)))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(("name", "kwargs"), oracle.CONFIGS, ids=[n for n, _ in oracle.CONFIGS])
+def test_fused_step_matches_reference_and_torch(name, kwargs, dtype):
+    problem = oracle.make_problem(11, dtype, maximize=kwargs.get("maximize", False))
+    lrs = oracle.learning_rates(kwargs)
+    fused = run_fused(fused_from_config(kwargs, lrs), problem)
+    reference = oracle.run_sgdx(oracle.sgdx_optimizer(kwargs, lrs), problem)
+    oracle.assert_trajectories_close(fused, reference)
+    pytest.importorskip("torch")
+    oracle.assert_trajectories_close(fused, oracle.run_torch(kwargs, problem, dtype))
+
+
+def test_fused_step_without_donation_leaves_inputs_intact():
+    opt = sgdx.fused_sgd(0.1, momentum=0.9, weight_decay=0.1)
+    params = {"w": jnp.linspace(-1.0, 1.0, 7, dtype=jnp.float32)}
+    grads = {"w": jnp.ones(7, jnp.float32)}
+    state = opt.init(params)
+    before = jax.tree.map(np.array, (params, state))
+    new_params, new_state = jax.jit(opt.step)(params, grads, state)
+    chex.assert_trees_all_equal(jax.tree.map(np.array, (params, state)), before)
+    updates, expected_state = opt.update(grads, state, params)
+    chex.assert_trees_all_close(new_params, sgdx.apply_updates(params, updates), rtol=1e-7)
+    chex.assert_trees_all_close(new_state, expected_state, rtol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("params", "grads", "opt"),
+    [
+        (
+            {"w": jnp.ones(3, jnp.bfloat16)},
+            {"w": jnp.ones(3, jnp.bfloat16)},
+            sgdx.fused_sgd(0.1, 0.9),
+        ),
+        (
+            {"w": jnp.ones(3), "v": jnp.ones(2)},
+            {"w": jnp.ones(3), "v": None},
+            sgdx.fused_sgd(0.1, 0.9),
+        ),
+        ({"w": jnp.ones(3, jnp.float32)}, {"w": jnp.ones(3, jnp.float32)}, sgdx.fused_sgd(0.1)),
+        (
+            {"w": jnp.ones(3, jnp.float32), "v": jnp.ones(2, jnp.float64)},
+            {"w": jnp.ones(3, jnp.float32), "v": jnp.ones(2, jnp.float64)},
+            sgdx.fused_sgd(0.1, 0.9),
+        ),
+    ],
+    ids=["bfloat16", "None-gradient", "no-momentum", "mixed-dtypes"],
+)
+def test_fallback_cases_equal_the_reference(params, grads, opt):
+    @jax.jit
+    def reference(params, grads, state):
+        updates, state = opt.update(grads, state, params)
+        return sgdx.apply_updates(params, updates), state
+
+    state = opt.init(params)
+    for _ in range(3):
+        expected, expected_state = reference(params, grads, state)
+        params, state = jax.jit(opt.step)(params, grads, state)
+        chex.assert_trees_all_equal(params, expected)
+        chex.assert_trees_all_equal(state, expected_state)
+
+
+def test_many_leaves_and_vmap():
+    leaves = {f"p{i}": jnp.full((i % 7 + 1,), float(i), jnp.float32) for i in range(300)}
+    grads = jax.tree.map(lambda p: jnp.sin(p), leaves)
+    opt = sgdx.fused_sgd(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    params, state = leaves, opt.init(leaves)
+    ref_params, ref_state = leaves, opt.init(leaves)
+    step = jax.jit(opt.step)
+    for _ in range(3):
+        params, state = step(params, grads, state)
+        updates, ref_state = opt.update(grads, ref_state, ref_params)
+        ref_params = sgdx.apply_updates(ref_params, updates)
+    chex.assert_trees_all_close(params, ref_params, rtol=1e-6)
+    batched = jax.vmap(lambda p, g: opt.step(p, g, opt.init(p))[0])(
+        jnp.ones((4, 5), jnp.float32), jnp.arange(20.0, dtype=jnp.float32).reshape(4, 5)
+    )
+    # first step: buf = g + wd * p, nesterov direction 1.9 * buf
+    grad = jnp.arange(20.0, dtype=jnp.float32).reshape(4, 5)
+    expected = 1.0 - 0.05 * 1.9 * (grad + 1e-3)
+    np.testing.assert_allclose(batched, expected, rtol=1e-6, atol=1e-6)
