@@ -29,23 +29,44 @@ struct Leaf {
   bool initialized;
 };
 
-template <typename T>
-void Update(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep, T wd,
-            bool nesterov, bool maximize) {
+// One loop per combination of the flags, so that the compiler sees a branch-free body and
+// vectorizes it.
+template <typename T, bool kMaximize, bool kDecay, bool kMomentum, bool kNesterov, bool kStarted>
+void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep,
+                 T wd) {
   T* __restrict p = leaf.p;
   const T* __restrict g = leaf.g;
   T* __restrict b = leaf.b;
   const T neg_lr = -lr;
   for (int64_t i = begin; i < end; ++i) {
-    T d = maximize ? -g[i] : g[i];
-    if (wd != T(0)) d = d + wd * p[i];
-    if (momentum != T(0)) {
-      const T buf = leaf.initialized ? momentum * b[i] + keep * d : d;
+    T d = kMaximize ? -g[i] : g[i];
+    if constexpr (kDecay) d = d + wd * p[i];
+    if constexpr (kMomentum) {
+      const T buf = kStarted ? momentum * b[i] + keep * d : d;
       b[i] = buf;
-      d = nesterov ? d + momentum * buf : buf;
+      d = kNesterov ? d + momentum * buf : buf;
     }
     p[i] = p[i] + neg_lr * d;
   }
+}
+
+template <typename T, bool... kFlags>
+void Dispatch(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep, T wd,
+              const bool* flags) {
+  if constexpr (sizeof...(kFlags) == 5) {
+    UpdateRange<T, kFlags...>(leaf, begin, end, lr, momentum, keep, wd);
+  } else if (flags[sizeof...(kFlags)]) {
+    Dispatch<T, kFlags..., true>(leaf, begin, end, lr, momentum, keep, wd, flags);
+  } else {
+    Dispatch<T, kFlags..., false>(leaf, begin, end, lr, momentum, keep, wd, flags);
+  }
+}
+
+template <typename T>
+void Update(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep, T wd,
+            bool nesterov, bool maximize) {
+  const bool flags[5] = {maximize, wd != T(0), momentum != T(0), nesterov, leaf.initialized};
+  Dispatch<T>(leaf, begin, end, lr, momentum, keep, wd, flags);
 }
 
 template <ffi::DataType dtype>
