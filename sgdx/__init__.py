@@ -19,6 +19,7 @@ from sgdx._groups import (
     param_groups,
     set_hyperparams,
 )
+from sgdx._guard import SkipNonFiniteState, skip_nonfinite
 from sgdx._inject import InjectHyperparamsState, inject_hyperparams
 from sgdx._momentum import SutskeverTraceState, TraceState, sutskever_trace, trace
 from sgdx._plateau import ReduceLROnPlateauState, reduce_lr_on_plateau
@@ -42,6 +43,7 @@ __all__ = [
     "ScalarOrSchedule",
     "ScaleByLearningRateState",
     "Schedule",
+    "SkipNonFiniteState",
     "SutskeverTraceState",
     "TraceState",
     "add_decayed_weights",
@@ -62,6 +64,7 @@ __all__ = [
     "set_hyperparams",
     "sgd",
     "sharding",
+    "skip_nonfinite",
     "sutskever_trace",
     "trace",
 ]

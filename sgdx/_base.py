@@ -152,10 +152,9 @@ def apply_updates(params: Params, updates: Updates) -> Params:
       [1.5 2] bfloat16
     """
 
-    def add(p: jax.Array, u: jax.Array | None) -> jax.Array:
-        if u is None:
-            return p
+    def add(u: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
         p = jnp.asarray(p)
-        return p + _tree.match_sharding(jnp.asarray(u).astype(p.dtype), p)
+        return u, p + _tree.match_sharding(u.astype(p.dtype), p)
 
-    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
+    _, new_params = _tree.map_updates(add, updates, params, names=("parameters",), same_shape_as=0)
+    return new_params

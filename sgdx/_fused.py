@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from sgdx import _hyperparams
+from sgdx import _hyperparams, _tree
 from sgdx._alias import sgd
 from sgdx._base import (
     OptState,
@@ -159,10 +159,10 @@ def fused_sgd(
         if TraceState not in kinds or jax.default_backend() != "cpu":
             return reference(params, grads, state)
         p_leaves, treedef = jax.tree.flatten(params)
-        g_leaves = jax.tree.leaves(grads, is_leaf=lambda x: x is None)
+        g_leaves, g_treedef = jax.tree.flatten(grads, is_leaf=lambda x: x is None)
         dtypes = {np.dtype(jnp.result_type(x)) for x in (*p_leaves, *g_leaves) if x is not None}
         if (
-            len(g_leaves) != len(p_leaves)
+            not _tree.same_structure(g_treedef, treedef)  # the reference path names the error
             or any(
                 g is None or jnp.shape(g) != jnp.shape(p)
                 for g, p in zip(g_leaves, p_leaves, strict=True)
@@ -204,9 +204,7 @@ def fused_sgd(
             jax.tree.unflatten(treedef, rest[n:]),
             jax.tree.unflatten(treedef, list(new_flags)),
         )
-        new_scale = ScaleByLearningRateState(
-            count=jnp.where(scale.count < np.iinfo(np.int32).max, scale.count + 1, scale.count)
-        )
+        new_scale = ScaleByLearningRateState(count=_tree.safe_increment(scale.count))
         new_state = list(state)
         new_state[trace_at], new_state[-1] = new_trace, new_scale
         return new_params, tuple(new_state)

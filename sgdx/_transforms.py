@@ -166,11 +166,17 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
         params: Params | None = None,
         **extra_args: Any,
     ) -> tuple[Updates, ScaleByLearningRateState]:
-        del params, extra_args
+        del extra_args
         _tree.check_state(state, ScaleByLearningRateState, "scale_by_learning_rate")
         lr = _hyperparams.learning_rate_at(learning_rate, scalar, state.count)
-        (updates,) = _tree.map_updates(
-            lambda g: (-_hyperparams.cast(lr, g) * g,), updates, names=()
+        # with params given, their tree is the reference the updates must match
+        trees, names = ((params,), ("parameters",)) if params is not None else ((), ())
+        updates, *_ = _tree.map_updates(
+            lambda g, *p: (-_hyperparams.cast(lr, g) * g, *p),
+            updates,
+            *trees,
+            names=names,
+            same_shape_as=0 if trees else None,
         )
         return updates, ScaleByLearningRateState(count=_tree.safe_increment(state.count))
 

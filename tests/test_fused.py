@@ -12,8 +12,6 @@ import sgdx
 from sgdx._fused import native_status
 from tests import oracle
 
-MOMENTUM_CONFIGS = [(n, kw) for n, kw in oracle.CONFIGS if kw.get("momentum")]
-
 
 def test_native_kernel_is_built_here():
     """CI and development machines have a C++ compiler: the fast path must be live there."""
