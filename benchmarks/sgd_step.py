@@ -77,15 +77,12 @@ MODELS = {"gpt2": gpt2_shapes, "resnet50": resnet50_shapes, "many_leaves": many_
 
 def make_variant(name: str, shapes: list[tuple[int, ...]]):
     """Returns (step, compile_seconds): ``step()`` runs one optimizer step and waits for it."""
-    rng = np.random.default_rng(1)
-    values = [rng.standard_normal(s, dtype=np.float32) * 0.1 for s in shapes]
-    grads_np = [rng.standard_normal(s, dtype=np.float32) * 0.01 for s in shapes]
     if name.startswith("torch"):
         import torch
 
-        params = [torch.tensor(v) for v in values]
-        for p, g in zip(params, grads_np, strict=True):
-            p.grad = torch.tensor(g)
+        params = [torch.full(s, 0.1) for s in shapes]  # built in place: no host copies
+        for p in params:
+            p.grad = torch.full(p.shape, 0.01)
         flags = {"torch_fused": {"fused": True}, "torch_foreach": {"foreach": True},
                  "torch_single": {"foreach": False}}[name]  # fmt: skip
         opt = torch.optim.SGD(
@@ -97,8 +94,8 @@ def make_variant(name: str, shapes: list[tuple[int, ...]]):
     import jax
     import jax.numpy as jnp
 
-    params = [jnp.asarray(v) for v in values]
-    grads = [jnp.asarray(g) for g in grads_np]
+    params = [jnp.full(s, 0.1, jnp.float32) for s in shapes]
+    grads = [jnp.full(s, 0.01, jnp.float32) for s in shapes]
     if name == "optax":
         import optax
 
