@@ -156,13 +156,15 @@ def roofline_gbps(rounds: int) -> float:
 def peak_memory(model: str, variant: str) -> float:
     """Peak resident memory of a fresh process running the variant, minus its baseline."""
     here = str(Path(__file__).parent)
+    # VmHWM, this process's own high-water mark (ru_maxrss would inherit the parent's peak)
     code = (
-        f"import resource, sys; sys.path.insert(0, {here!r}); import sgd_step as b\n"
+        f"import re, sys; sys.path.insert(0, {here!r}); import sgd_step as b\n"
         "import jax, torch, optax, sgdx\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "hwm = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])\n"
+        "base = hwm()\n"
         f"step, _ = b.make_variant({variant!r}, b.MODELS[{model!r}]())\n"
         "for _ in range(3): step()\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)\n"
+        "print((hwm() - base) * 1024)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
