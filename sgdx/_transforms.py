@@ -217,11 +217,8 @@ def add_decoupled_weight_decay(
       >>> print(updates)  # -0.5 * 1 - 0.5 * 0.25 * 2
       [-0.75]
     """
-    scalar = _hyperparams.check_learning_rate(learning_rate)
     decay = add_decayed_weights(weight_decay, mask)
-
-    def init_fn(params: Params) -> ScaleByLearningRateState:
-        return ScaleByLearningRateState(count=jnp.zeros((), jnp.int32))
+    scale = scale_by_learning_rate(learning_rate)
 
     def update_fn(
         updates: Updates,
@@ -230,19 +227,14 @@ def add_decoupled_weight_decay(
         **extra_args: Any,
     ) -> tuple[Updates, ScaleByLearningRateState]:
         del extra_args
-        _tree.check_state(state, ScaleByLearningRateState, "add_decoupled_weight_decay")
-        lr = _hyperparams.learning_rate_at(learning_rate, scalar, state.count)
         zeros = jax.tree.map(
             lambda u: None if u is None else jnp.zeros_like(u), updates, is_leaf=lambda u: u is None
         )
         decays, _ = decay.update(zeros, EmptyState(), params)  # wd * p where the mask is on
+        steps, state = scale.update(decays, state, params)  # -lr * wd * p, and the count
         (updates, _) = _tree.map_updates(
-            lambda u, d: (u - d * _hyperparams.cast(lr, d), d),
-            updates,
-            decays,
-            names=("weight decays",),
-            same_shape_as=0,
+            lambda u, d: (u + d, d), updates, steps, names=("weight decays",), same_shape_as=0
         )
-        return updates, ScaleByLearningRateState(count=_tree.safe_increment(state.count))
+        return updates, state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(scale.init, update_fn)
