@@ -107,11 +107,9 @@ def sgd(
             "is torch.optim.SGD's p -= lr * buf; 'sutskever' is Keras's v = m*v - lr*g; p += v."
         )
     _hyperparams.check_learning_rate(learning_rate)
-    _hyperparams.check_hyperparameter(momentum, "momentum", "Invalid momentum value: {}")
-    _hyperparams.check_hyperparameter(dampening, "dampening", None)
-    _hyperparams.check_hyperparameter(
-        weight_decay, "weight_decay", "Invalid weight_decay value: {}"
-    )
+    _hyperparams.check_hyperparameter(momentum, "momentum")
+    _hyperparams.check_hyperparameter(dampening, "dampening")
+    _hyperparams.check_hyperparameter(weight_decay, "weight_decay")
     if nesterov:
         mu, tau = _hyperparams.concrete(momentum), _hyperparams.concrete(dampening)
         if (mu is not None and mu <= 0) or (tau is not None and tau != 0):

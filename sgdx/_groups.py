@@ -18,13 +18,6 @@ _SGD_ARGUMENTS = tuple(inspect.signature(sgd).parameters)
 
 GroupConfig = Mapping[str, Any] | None
 
-# Torch's messages for the values a user may set between steps.
-_NONNEGATIVE = {
-    "learning_rate": "Invalid learning rate: {}",
-    "momentum": "Invalid momentum value: {}",
-    "weight_decay": "Invalid weight_decay value: {}",
-}
-
 
 class ParamGroupsState(NamedTuple):
     """State of :func:`param_groups`: one injected-hyperparameter sgd state per group."""
@@ -252,7 +245,7 @@ def set_hyperparams(
             raise KeyError(
                 f"{name!r} is not a hyperparameter of this optimizer; it has {sorted(hyperparams)}."
             )
-        _hyperparams.check_hyperparameter(value, name, _NONNEGATIVE.get(name))
+        _hyperparams.check_hyperparameter(value, name)
         hyperparams[name] = jax.numpy.asarray(value, hyperparams[name].dtype)
     updated = inner._replace(hyperparams=hyperparams)
     if isinstance(state, ParamGroupsState):

@@ -22,18 +22,28 @@ def concrete(value: ArrayLike) -> float | None:
     return number
 
 
-def check_hyperparameter(value: ArrayLike, name: str, negative_message: str | None) -> None:
-    """Checks that ``value`` is a real scalar and, given a message, not concretely negative.
+# torch.optim's ValueError messages for negative values, by argument name.
+NEGATIVE_MESSAGES = {
+    "learning_rate": "Invalid learning rate: {}",
+    "base_lr": "Invalid learning rate: {}",
+    "momentum": "Invalid momentum value: {}",
+    "weight_decay": "Invalid weight_decay value: {}",
+    "gamma": "Invalid gamma value: {}",
+}
 
-    ``negative_message.format(value)`` is raised as a ``ValueError``; ``NaN`` passes, as it
-    does in ``torch.optim.SGD``.
+
+def check_hyperparameter(value: ArrayLike, name: str) -> None:
+    """Checks that ``value`` is a real scalar and, for the names in ``NEGATIVE_MESSAGES``,
+    not concretely negative (raising torch's message).
+
+    ``NaN`` passes, as it does in ``torch.optim.SGD``.
     """
     if callable(value) or jnp.ndim(value) != 0 or jnp.iscomplexobj(value):
         shape = "a function" if callable(value) else f"shape {jnp.shape(value)}"
         raise ValueError(f"{name} must be a real scalar (a float or 0-d array), got {shape}.")
     number = concrete(value)
-    if negative_message is not None and number is not None and number < 0:
-        raise ValueError(negative_message.format(number))
+    if name in NEGATIVE_MESSAGES and number is not None and number < 0:
+        raise ValueError(NEGATIVE_MESSAGES[name].format(number))
 
 
 def check_learning_rate(learning_rate: ScalarOrSchedule) -> ArrayLike | None:
@@ -51,7 +61,7 @@ def check_learning_rate(learning_rate: ScalarOrSchedule) -> ArrayLike | None:
             "learning rates on different parameters use separate transforms or param groups."
         )
     learning_rate = jnp.reshape(learning_rate, ()) if jnp.ndim(learning_rate) else learning_rate
-    check_hyperparameter(learning_rate, "learning_rate", "Invalid learning rate: {}")
+    check_hyperparameter(learning_rate, "learning_rate")
     return learning_rate
 
 

@@ -88,8 +88,8 @@ def trace(
     References:
       ``torch.optim.SGD`` (PyTorch >= 1.13), https://pytorch.org/docs/stable/generated/torch.optim.SGD.html
     """
-    _hyperparams.check_hyperparameter(momentum, "momentum", "Invalid momentum value: {}")
-    _hyperparams.check_hyperparameter(dampening, "dampening", None)
+    _hyperparams.check_hyperparameter(momentum, "momentum")
+    _hyperparams.check_hyperparameter(dampening, "dampening")
 
     def init_fn(params: Params) -> TraceState:
         buffers, flags = _zeros_and_flags(params, accumulator_dtype, "trace")
@@ -209,8 +209,8 @@ def sutskever_trace(
       Large Minibatch SGD: Training ImageNet in 1 Hour", 2017 (momentum correction).
     """
     scalar = _hyperparams.check_learning_rate(learning_rate)
-    _hyperparams.check_hyperparameter(momentum, "momentum", "Invalid momentum value: {}")
-    _hyperparams.check_hyperparameter(dampening, "dampening", None)
+    _hyperparams.check_hyperparameter(momentum, "momentum")
+    _hyperparams.check_hyperparameter(dampening, "dampening")
 
     def init_fn(params: Params) -> SutskeverTraceState:
         velocity, flags = _zeros_and_flags(params, accumulator_dtype, "sutskever_trace")

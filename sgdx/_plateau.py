@@ -76,7 +76,7 @@ def reduce_lr_on_plateau(
       >>> float(state.learning_rate)
       0.25
     """
-    _hyperparams.check_hyperparameter(learning_rate, "learning_rate", "Invalid learning rate: {}")
+    _hyperparams.check_hyperparameter(learning_rate, "learning_rate")
     if factor >= 1.0:
         raise ValueError("Factor should be < 1.0.")
     if mode not in ("min", "max") or threshold_mode not in ("rel", "abs"):

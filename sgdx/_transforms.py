@@ -77,9 +77,7 @@ def add_decayed_weights(
       >>> print(updates["w"], updates["b"])
       [2.] [1.]
     """
-    _hyperparams.check_hyperparameter(
-        weight_decay, "weight_decay", "Invalid weight_decay value: {}"
-    )
+    _hyperparams.check_hyperparameter(weight_decay, "weight_decay")
 
     def init_fn(params: Params) -> EmptyState:
         del params

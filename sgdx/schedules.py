@@ -43,9 +43,9 @@ def _float(count: jax.Array) -> jax.Array:
 
 
 def _check(base_lr: float, gamma: float | None = None) -> None:
-    _hyperparams.check_hyperparameter(base_lr, "base_lr", "Invalid learning rate: {}")
+    _hyperparams.check_hyperparameter(base_lr, "base_lr")
     if gamma is not None:
-        _hyperparams.check_hyperparameter(gamma, "gamma", "Invalid gamma value: {}")
+        _hyperparams.check_hyperparameter(gamma, "gamma")
 
 
 def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
