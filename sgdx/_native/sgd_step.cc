@@ -6,9 +6,10 @@
 //   b = initialized ? momentum * b + (1 - dampening) * g : g   (momentum != 0)
 //   g = nesterov ? g + momentum * b : b                        (momentum != 0)
 //   p = p + (-lr) * g
-// Inputs: hyper = [lr, momentum, dampening, weight_decay] (leaf dtype), flags (one bool per
-// leaf), then n params, n grads, n buffers. Outputs (aliased to the inputs): flags, n params,
-// n buffers. Work is split by element count over the host's cores.
+// Inputs: hyper = [lr, momentum, dampening, weight_decay] (leaf dtype), then n flags (a bool
+// per leaf: has a buffer), n params, n grads, n buffers. Outputs (aliased to the inputs): n
+// flags, n params, n buffers. Every leaf is an operand of its own, so that XLA emits no code
+// around the call. Work is split by element count over the host's cores.
 #include <algorithm>
 #include <cstdint>
 #include <thread>
@@ -70,30 +71,29 @@ void Update(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T
 }
 
 template <ffi::DataType dtype>
-ffi::Error Step(ffi::Buffer<dtype> hyper, ffi::Buffer<ffi::PRED> flags, ffi::RemainingArgs args,
-                ffi::Result<ffi::Buffer<ffi::PRED>> flags_out, ffi::RemainingRets rets,
+ffi::Error Step(ffi::Buffer<dtype> hyper, ffi::RemainingArgs args, ffi::RemainingRets rets,
                 bool nesterov, bool maximize) {
   using T = ffi::NativeType<dtype>;
-  const int64_t n = static_cast<int64_t>(flags.element_count());
-  if (static_cast<int64_t>(args.size()) != 3 * n || static_cast<int64_t>(rets.size()) != 2 * n) {
-    return ffi::Error::InvalidArgument("sgdx_sgd_step: expected n params, grads and buffers");
+  const int64_t n = static_cast<int64_t>(args.size()) / 4;
+  if (static_cast<int64_t>(args.size()) != 4 * n || static_cast<int64_t>(rets.size()) != 3 * n) {
+    return ffi::Error::InvalidArgument("sgdx_sgd_step: expected n flags, params, grads, buffers");
   }
   const T* h = hyper.typed_data();
   const T lr = h[0], momentum = h[1], keep = T(1) - h[2], wd = h[3];
-  const bool* in_flags = flags.typed_data();
-  bool* out_flags = flags_out->typed_data();
 
   std::vector<Leaf<T>> leaves;
   leaves.reserve(n);
   int64_t total = 0;
   for (int64_t i = 0; i < n; ++i) {
-    auto p_in = args.get<ffi::AnyBuffer>(i);
-    auto g_in = args.get<ffi::AnyBuffer>(n + i);
-    auto b_in = args.get<ffi::AnyBuffer>(2 * n + i);
-    auto p_out = rets.get<ffi::AnyBuffer>(i);
-    auto b_out = rets.get<ffi::AnyBuffer>(n + i);
-    if (!p_in.has_value() || !g_in.has_value() || !b_in.has_value() || !p_out.has_value() ||
-        !b_out.has_value()) {
+    auto f_in = args.get<ffi::AnyBuffer>(i);
+    auto p_in = args.get<ffi::AnyBuffer>(n + i);
+    auto g_in = args.get<ffi::AnyBuffer>(2 * n + i);
+    auto b_in = args.get<ffi::AnyBuffer>(3 * n + i);
+    auto f_out = rets.get<ffi::AnyBuffer>(i);
+    auto p_out = rets.get<ffi::AnyBuffer>(n + i);
+    auto b_out = rets.get<ffi::AnyBuffer>(2 * n + i);
+    if (!f_in.has_value() || !p_in.has_value() || !g_in.has_value() || !b_in.has_value() ||
+        !f_out.has_value() || !p_out.has_value() || !b_out.has_value()) {
       return ffi::Error::InvalidArgument("sgdx_sgd_step: bad buffer");
     }
     T* p = reinterpret_cast<T*>((*p_out)->untyped_data());
@@ -102,8 +102,9 @@ ffi::Error Step(ffi::Buffer<dtype> hyper, ffi::Buffer<ffi::PRED> flags, ffi::Rem
     // The outputs alias the inputs when the caller donates them; copy when it does not.
     if (p != p_in->untyped_data()) std::copy_n(reinterpret_cast<const T*>(p_in->untyped_data()), size, p);
     if (b != b_in->untyped_data()) std::copy_n(reinterpret_cast<const T*>(b_in->untyped_data()), size, b);
-    leaves.push_back({p, reinterpret_cast<const T*>(g_in->untyped_data()), b, size, in_flags[i]});
-    out_flags[i] = in_flags[i] || momentum != T(0);
+    const bool initialized = *reinterpret_cast<const bool*>(f_in->untyped_data());
+    leaves.push_back({p, reinterpret_cast<const T*>(g_in->untyped_data()), b, size, initialized});
+    *reinterpret_cast<bool*>((*f_out)->untyped_data()) = initialized || momentum != T(0);
     total += size;
   }
 
@@ -135,9 +136,7 @@ ffi::Error Step(ffi::Buffer<dtype> hyper, ffi::Buffer<ffi::PRED> flags, ffi::Rem
   XLA_FFI_DEFINE_HANDLER_SYMBOL(name, Step<dtype>,                            \
                                 ffi::Ffi::Bind()                              \
                                     .Arg<ffi::Buffer<dtype>>()                \
-                                    .Arg<ffi::Buffer<ffi::PRED>>()            \
                                     .RemainingArgs()                          \
-                                    .Ret<ffi::Buffer<ffi::PRED>>()            \
                                     .RemainingRets()                          \
                                     .Attr<bool>("nesterov")                   \
                                     .Attr<bool>("maximize"));
