@@ -118,7 +118,9 @@ def _native_step(
 ) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
     """The kernel over the leaves, in place: returns the new flags, params and buffers."""
     target = _TARGETS[np.dtype(hyper.dtype)]
-    new_flags, new_params, new_buffers = [], [], []
+    new_flags: list[jax.Array] = []
+    new_params: list[jax.Array] = []
+    new_buffers: list[jax.Array] = []
     for start in range(0, len(params), _LEAVES_PER_CALL):
         f, p, g, b = (x[start : start + _LEAVES_PER_CALL] for x in (flags, params, grads, buffers))
         n = len(p)
