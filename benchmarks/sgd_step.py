@@ -1,16 +1,24 @@
 """SGD step benchmark: sgdx against optax, torch and the memory-bandwidth roofline.
 
     python benchmarks/sgd_step.py [--models gpt2 resnet50 many_leaves] [--rounds 20]
+    python benchmarks/sgd_step.py --device gpu --out benchmarks/results_gpu.json
 
 Configuration: float32, momentum 0.9, nesterov, weight decay 1e-4, lr 0.1. Each model runs
 in a process of its own; inside it every variant is warmed up, then the variants take turns
-(one step each per round) so that they see the same machine state, and the table reports
+(one sample each per round) so that they see the same machine state, and the table reports
 the median (min-max) step time, effective bandwidth at 20 bytes per parameter (read param,
 grad, buffer; write param, buffer), the fraction of the roofline, the ratio to each peer,
 compile time, and peak memory from a fresh process per variant against the ideal
-params + grads + buffers. The roofline is an in-place ``y += a * x`` over 64M floats
-measured in the same process (12 bytes per element); "ideal step" is 20 bytes per parameter
-at that bandwidth. Results are printed and written as JSON (``--out``).
+params + grads + buffers. The roofline is an in-place ``y += a * x`` (torch's kernel, 12
+bytes per element) measured in the same process; "ideal step" is 20 bytes per parameter at
+that bandwidth. Results are printed and written as JSON (``--out``).
+
+A sample is ``--steps-per-sample`` steps issued back to back, then one wait (default 1 on
+CPU, 20 on a GPU, where a step is shorter than a host round trip). ``sgdx_fused_flat`` is
+the fused step on the same parameters raveled into one array
+(``jax.flatten_util.ravel_pytree``): one array per tree crosses the ``jit`` boundary instead
+of one per leaf. ``sgdx_in_jit`` runs the sample's steps in one ``jax.jit`` (a
+``lax.fori_loop``), as inside a jitted training step: device time without per-call dispatch.
 """
 
 from __future__ import annotations
@@ -27,7 +35,17 @@ from pathlib import Path
 import numpy as np
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-4
-VARIANTS = ("sgdx_fused", "sgdx", "optax", "torch_fused", "torch_foreach", "torch_single")
+VARIANTS = (
+    "sgdx_fused",
+    "sgdx_fused_flat",
+    "sgdx",
+    "sgdx_in_jit",
+    "optax",
+    "torch_fused",
+    "torch_foreach",
+    "torch_single",
+)
+GPU_VARIANTS = ("sgdx", "sgdx_fused_flat", "sgdx_in_jit", "optax", "torch_fused", "torch_foreach")
 
 
 def gpt2_shapes() -> list[tuple[int, ...]]:
@@ -75,27 +93,39 @@ def many_leaves_shapes() -> list[tuple[int, ...]]:
 MODELS = {"gpt2": gpt2_shapes, "resnet50": resnet50_shapes, "many_leaves": many_leaves_shapes}
 
 
-def make_variant(name: str, shapes: list[tuple[int, ...]]):
-    """Returns (step, compile_seconds): ``step()`` runs one optimizer step and waits for it."""
+def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: int):
+    """Returns (sample, compile_seconds): ``sample()`` runs ``steps`` optimizer steps, then
+    waits for them."""
     if name.startswith("torch"):
         import torch
 
-        params = [torch.full(s, 0.1) for s in shapes]  # built in place: no host copies
+        where = "cuda" if device == "gpu" else "cpu"
+        params = [torch.full(s, 0.1, device=where) for s in shapes]  # no host copies
         for p in params:
-            p.grad = torch.full(p.shape, 0.01)
+            p.grad = torch.full(p.shape, 0.01, device=where)
         flags = {"torch_fused": {"fused": True}, "torch_foreach": {"foreach": True},
                  "torch_single": {"foreach": False}}[name]  # fmt: skip
         opt = torch.optim.SGD(
             params, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY, **flags
         )
         opt.step()  # creates the momentum buffers
-        return opt.step, 0.0
+
+        def torch_sample():
+            for _ in range(steps):
+                opt.step()
+            if device == "gpu":
+                torch.cuda.synchronize()
+
+        return torch_sample, 0.0
 
     import jax
     import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
 
     params = [jnp.full(s, 0.1, jnp.float32) for s in shapes]
     grads = [jnp.full(s, 0.01, jnp.float32) for s in shapes]
+    if name == "sgdx_fused_flat":
+        params, grads = ravel_pytree(params)[0], ravel_pytree(grads)[0]
     if name == "optax":
         import optax
 
@@ -103,92 +133,104 @@ def make_variant(name: str, shapes: list[tuple[int, ...]]):
             optax.add_decayed_weights(WEIGHT_DECAY),
             optax.sgd(LR, momentum=MOMENTUM, nesterov=True),
         )
-
-        def run(p, s, g):
-            u, s = tx.update(g, s, p)
-            return optax.apply_updates(p, u), s
-
-        jitted = jax.jit(run, donate_argnums=(0, 1))
-        order = ("p", "s", "g")
+        apply = optax.apply_updates
     else:
         import sgdx
 
-        if name == "sgdx_fused":
-            tx = sgdx.fused_sgd(LR, MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True)
-            jitted = jax.jit(tx.step, donate_argnums=(0, 2))
-            order = ("p", "g", "s")
-        else:
-            tx = sgdx.sgd(LR, MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True)
+        tx = sgdx.fused_sgd(LR, MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True)
+        apply = sgdx.apply_updates
 
-            def run(p, s, g):
-                u, s = tx.update(g, s, p)
-                return sgdx.apply_updates(p, u), s
+    def one_step(p, s, g):
+        if name.startswith("sgdx_fused"):
+            return tx.step(p, g, s)
+        u, s = tx.update(g, s, p)
+        return apply(p, u), s
 
-            jitted = jax.jit(run, donate_argnums=(0, 1))
-            order = ("p", "s", "g")
-    holder = {"p": params, "s": tx.init(params), "g": grads}
+    if name == "sgdx_in_jit":
+
+        def run(p, s, g):
+            return jax.lax.fori_loop(0, steps, lambda _, ps: one_step(*ps, g), (p, s))
+
+        calls = 1
+    else:
+        run, calls = one_step, steps
+    holder = {"p": params, "s": tx.init(params)}
     start = time.perf_counter()
-    compiled = jitted.lower(*(holder[k] for k in order)).compile()
+    compiled = jax.jit(run, donate_argnums=(0, 1)).lower(holder["p"], holder["s"], grads)
+    compiled = compiled.compile()
     compile_seconds = time.perf_counter() - start
 
-    def step():
-        out = compiled(*(holder[k] for k in order))
-        holder["p"], holder["s"] = out
+    def sample():
+        for _ in range(calls):
+            holder["p"], holder["s"] = compiled(holder["p"], holder["s"], grads)
         jax.block_until_ready(holder["p"])
 
-    step()  # a first update, so that momentum buffers are live as in torch
-    return step, compile_seconds
+    sample()  # a first update, so that momentum buffers are live as in torch
+    return sample, compile_seconds
 
 
-def roofline_gbps(rounds: int) -> float:
-    """In-place ``y += a * x`` over 64M float32 with torch's multithreaded kernel."""
+def roofline_gbps(rounds: int, device: str) -> float:
+    """In-place ``y += a * x`` with torch's kernel: 64M float32 on CPU, 512M on a GPU."""
     import torch
 
-    y, x = torch.ones(64 << 20), torch.full((64 << 20,), 0.5)
+    where, n = ("cuda", 512 << 20) if device == "gpu" else ("cpu", 64 << 20)
+    y, x = torch.ones(n, device=where), torch.full((n,), 0.5, device=where)
     times = []
     for _ in range(rounds + 3):
         start = time.perf_counter()
         y.add_(x, alpha=1e-3)
+        if device == "gpu":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return 12 * y.numel() / float(np.median(times[3:])) / 1e9
+    return 12 * n / float(np.median(times[3:])) / 1e9
 
 
-def peak_memory(model: str, variant: str) -> float:
-    """Peak resident memory of a fresh process running the variant, minus its baseline."""
+def peak_memory(model: str, variant: str, device: str) -> float:
+    """Peak memory of a fresh process running the variant: on CPU its resident set (VmHWM,
+    its own high-water mark; ru_maxrss would inherit the parent's) minus its baseline, on a
+    GPU the allocators' peak (JAX's ``peak_bytes_in_use``, torch's
+    ``max_memory_allocated``)."""
     here = str(Path(__file__).parent)
-    # VmHWM, this process's own high-water mark (ru_maxrss would inherit the parent's peak)
     code = (
         f"import re, sys; sys.path.insert(0, {here!r}); import sgd_step as b\n"
         "import jax, torch, optax, sgdx\n"
         "hwm = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])\n"
         "base = hwm()\n"
-        f"step, _ = b.make_variant({variant!r}, b.MODELS[{model!r}]())\n"
-        "for _ in range(3): step()\n"
-        "print((hwm() - base) * 1024)\n"
+        f"sample, _ = b.make_variant({variant!r}, b.MODELS[{model!r}](), {device!r}, 1)\n"
+        "for _ in range(3): sample()\n"
     )
+    if device == "cpu":
+        code += "print((hwm() - base) * 1024)\n"
+    elif variant.startswith("torch"):
+        code += "print(torch.cuda.max_memory_allocated())\n"
+    else:
+        code += "print(jax.devices()[0].memory_stats()['peak_bytes_in_use'])\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def child(model: str, rounds: int, variants: list[str], memory: bool) -> dict:
+def child(
+    model: str, rounds: int, variants: list[str], memory: bool, device: str, steps: int
+) -> dict:
     shapes = MODELS[model]()
     n = int(sum(np.prod(s) for s in shapes))
-    steps, compile_times = {}, {}
+    samples, compile_times = {}, {}
     for name in variants:
-        steps[name], compile_times[name] = make_variant(name, shapes)
+        samples[name], compile_times[name] = make_variant(name, shapes, device, steps)
     for _ in range(3):  # warm-up
         for name in variants:
-            steps[name]()
+            samples[name]()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name in variants:
             start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    roofline = roofline_gbps(rounds)
+            samples[name]()
+            times[name].append((time.perf_counter() - start) / steps)
+    roofline = roofline_gbps(rounds, device)
     ideal_bytes = 3 * 4 * n
     result = {"model": model, "params": n, "leaves": len(shapes), "roofline_gbps": roofline,
-              "ideal_step_ms": 20 * n / roofline / 1e6, "variants": {}}  # fmt: skip
+              "ideal_step_ms": 20 * n / roofline / 1e6, "steps_per_sample": steps,
+              "variants": {}}  # fmt: skip
     for name in variants:
         t = np.asarray(times[name])
         entry = {
@@ -200,7 +242,7 @@ def child(model: str, rounds: int, variants: list[str], memory: bool) -> dict:
         }
         entry["roofline_fraction"] = entry["gbps"] / roofline
         if memory:
-            entry["peak_over_ideal"] = peak_memory(model, name) / ideal_bytes
+            entry["peak_over_ideal"] = peak_memory(model, name, device) / ideal_bytes
         result["variants"][name] = entry
     return result
 
@@ -209,8 +251,8 @@ def table(result: dict) -> str:
     variants = result["variants"]
     lines = [
         f"{result['model']}: {result['params'] / 1e6:.1f}M params in {result['leaves']} leaves; "
-        f"roofline {result['roofline_gbps']:.1f} GB/s, ideal step {result['ideal_step_ms']:.1f} ms",
-        f"{'variant':<14}{'median ms':>10}{'(min-max)':>16}{'GB/s':>7}{'roofline':>9}"
+        f"roofline {result['roofline_gbps']:.1f} GB/s, ideal step {result['ideal_step_ms']:.3f} ms",
+        f"{'variant':<17}{'median ms':>10}{'(min-max)':>18}{'GB/s':>8}{'roofline':>9}"
         f"{'vs torch_fused':>15}{'vs optax':>9}{'compile s':>10}{'peak/ideal':>11}",
     ]
     for name, v in variants.items():
@@ -223,32 +265,50 @@ def table(result: dict) -> str:
             v["median_ms"] / variants["optax"]["median_ms"] if "optax" in variants else float("nan")
         )
         peak = f"{v['peak_over_ideal']:.2f}" if "peak_over_ideal" in v else "-"
-        span = "({:.1f}-{:.1f})".format(v["min_ms"], v["max_ms"])
+        span = "({:.3f}-{:.3f})".format(v["min_ms"], v["max_ms"])
         lines.append(
-            f"{name:<14}{v['median_ms']:>10.2f}{span:>16}"
-            f"{v['gbps']:>7.1f}{v['roofline_fraction']:>9.2f}{vs_fused:>15.2f}{vs_optax:>9.2f}"
+            f"{name:<17}{v['median_ms']:>10.3f}{span:>18}"
+            f"{v['gbps']:>8.1f}{v['roofline_fraction']:>9.2f}{vs_fused:>15.2f}{vs_optax:>9.2f}"
             f"{v['compile_s']:>10.2f}{peak:>11}"
         )
     return "\n".join(lines)
 
 
+def machine(device: str) -> str:
+    cpu = f"{platform.machine()}, {os.cpu_count()} cores"
+    if device == "cpu":
+        return cpu
+    import torch
+
+    return f"{torch.cuda.get_device_name()} (host {cpu})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, help="default: all that apply")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--steps-per-sample", type=int, help="default: 1 on CPU, 20 on a GPU")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    variants = args.variants or list(GPU_VARIANTS if args.device == "gpu" else VARIANTS)
+    steps = args.steps_per_sample or (20 if args.device == "gpu" else 1)
     if args.child:
-        print(json.dumps(child(args.child, args.rounds, args.variants, not args.no_memory)))
+        result = child(args.child, args.rounds, variants, not args.no_memory, args.device, steps)
+        print(json.dumps(result))
         return
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}"
-    results = {"machine": machine, "time": time.strftime("%Y-%m-%d %H:%M"), "models": []}
+    # JAX on the benchmarked device only, allocating as it goes (torch shares the GPU)
+    os.environ["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    results = {"machine": machine(args.device), "time": time.strftime("%Y-%m-%d %H:%M"),
+               "models": []}  # fmt: skip
     for model in args.models:  # one process per model
         command = [sys.executable, __file__, "--child", model, "--rounds", str(args.rounds)]
-        command += ["--variants", *args.variants, *(["--no-memory"] if args.no_memory else [])]
+        command += ["--device", args.device, "--steps-per-sample", str(steps)]
+        command += ["--variants", *variants, *(["--no-memory"] if args.no_memory else [])]
         out = subprocess.run(command, capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(out.stderr[-3000:])
@@ -256,7 +316,7 @@ def main() -> None:
         results["models"].append(result)
         print(table(result), "\n", flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"machine: {machine}; results written to {args.out}")
+    print(f"machine: {results['machine']}; results written to {args.out}")
 
 
 if __name__ == "__main__":
