@@ -9,16 +9,18 @@ in a process of its own; inside it every variant is warmed up, then the variants
 the median (min-max) step time, effective bandwidth at 20 bytes per parameter (read param,
 grad, buffer; write param, buffer), the fraction of the roofline, the ratio to each peer,
 compile time, and peak memory from a fresh process per variant against the ideal
-params + grads + buffers. The roofline is an in-place ``y += a * x`` (torch's kernel, 12
-bytes per element) measured in the same process; "ideal step" is 20 bytes per parameter at
-that bandwidth. Results are printed and written as JSON (``--out``).
+params + grads + buffers: the whole run's ("peak/ideal") and what the steps allocate beyond
+their inputs ("step+"). The roofline is an in-place ``y += a * x`` (torch's kernel, 12 bytes
+per element) measured in the same process; "ideal step" is 20 bytes per parameter at that
+bandwidth. Results are printed and written as JSON (``--out``).
 
 A sample is ``--steps-per-sample`` steps issued back to back, then one wait (default 1 on
 CPU, 20 on a GPU, where a step is shorter than a host round trip). ``sgdx_fused_flat`` is
-the fused step on the same parameters raveled into one array
-(``jax.flatten_util.ravel_pytree``): one array per tree crosses the ``jit`` boundary instead
-of one per leaf. ``sgdx_in_jit`` runs the sample's steps in one ``jax.jit`` (a
-``lax.fori_loop``), as inside a jitted training step: device time without per-call dispatch.
+the fused step on the same number of parameters in one array, the layout
+``jax.flatten_util.ravel_pytree`` gives (built as one array, not raveled per step): one
+array per tree crosses the ``jit`` boundary instead of one per leaf. ``sgdx_in_jit`` runs a
+sample's steps in one ``jax.jit`` (a ``lax.fori_loop``), as inside a jitted training step:
+the update without per-call dispatch.
 """
 
 from __future__ import annotations
@@ -120,12 +122,11 @@ def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: i
 
     import jax
     import jax.numpy as jnp
-    from jax.flatten_util import ravel_pytree
 
+    if name == "sgdx_fused_flat":  # the layout ravel_pytree gives, built directly
+        shapes = [(sum(int(np.prod(s)) for s in shapes),)]
     params = [jnp.full(s, 0.1, jnp.float32) for s in shapes]
     grads = [jnp.full(s, 0.01, jnp.float32) for s in shapes]
-    if name == "sgdx_fused_flat":
-        params, grads = ravel_pytree(params)[0], ravel_pytree(grads)[0]
     if name == "optax":
         import optax
 
@@ -185,28 +186,40 @@ def roofline_gbps(rounds: int, device: str) -> float:
     return 12 * n / float(np.median(times[3:])) / 1e9
 
 
-def peak_memory(model: str, variant: str, device: str) -> float:
-    """Peak memory of a fresh process running the variant: on CPU its resident set (VmHWM,
-    its own high-water mark; ru_maxrss would inherit the parent's) minus its baseline, on a
-    GPU the allocators' peak (JAX's ``peak_bytes_in_use``, torch's
-    ``max_memory_allocated``)."""
+def peak_memory(model: str, variant: str, device: str) -> tuple[float, float]:
+    """Peak memory of a fresh process running the variant, in bytes: the whole run's (from
+    after the imports: building the arrays, compiling, stepping) and the steps' own (the
+    peak over three steps minus what was resident before them, i.e. what a step allocates
+    beyond its inputs). On CPU from the resident set (VmHWM, this process's own high-water
+    mark, reset through /proc/self/clear_refs; ru_maxrss would inherit the parent's), on a
+    GPU from the allocators (JAX's ``peak_bytes_in_use``, torch's ``max_memory_allocated``;
+    there the steps' own peak is not separated and reads as the whole run's)."""
     here = str(Path(__file__).parent)
     code = (
         f"import re, sys; sys.path.insert(0, {here!r}); import sgd_step as b\n"
         "import jax, torch, optax, sgdx\n"
-        "hwm = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])\n"
-        "base = hwm()\n"
+        "status = lambda: open('/proc/self/status').read()\n"
+        "kb = lambda k: 1024 * int(re.search(k + r':\\s+(\\d+)', status())[1])\n"
+        "base = kb('VmHWM')\n"
         f"sample, _ = b.make_variant({variant!r}, b.MODELS[{model!r}](), {device!r}, 1)\n"
-        "for _ in range(3): sample()\n"
     )
     if device == "cpu":
-        code += "print((hwm() - base) * 1024)\n"
+        code += (
+            "built, before = kb('VmHWM'), kb('VmRSS')\n"
+            "open('/proc/self/clear_refs', 'w').write('5')\n"
+            "for _ in range(3): sample()\n"
+            "print(max(built, kb('VmHWM')) - base, kb('VmHWM') - before)\n"
+        )
     elif variant.startswith("torch"):
-        code += "print(torch.cuda.max_memory_allocated())\n"
+        code += "for _ in range(3): sample()\nprint(*[torch.cuda.max_memory_allocated()] * 2)\n"
     else:
-        code += "print(jax.devices()[0].memory_stats()['peak_bytes_in_use'])\n"
+        code += (
+            "for _ in range(3): sample()\n"
+            "print(*[jax.devices()[0].memory_stats()['peak_bytes_in_use']] * 2)\n"
+        )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    whole, steps = out.stdout.strip().splitlines()[-1].split()
+    return float(whole), float(steps)
 
 
 def child(
@@ -242,7 +255,9 @@ def child(
         }
         entry["roofline_fraction"] = entry["gbps"] / roofline
         if memory:
-            entry["peak_over_ideal"] = peak_memory(model, name, device) / ideal_bytes
+            whole, steps_only = peak_memory(model, name, device)
+            entry["peak_over_ideal"] = whole / ideal_bytes
+            entry["step_extra_over_ideal"] = steps_only / ideal_bytes
         result["variants"][name] = entry
     return result
 
@@ -253,7 +268,8 @@ def table(result: dict) -> str:
         f"{result['model']}: {result['params'] / 1e6:.1f}M params in {result['leaves']} leaves; "
         f"roofline {result['roofline_gbps']:.1f} GB/s, ideal step {result['ideal_step_ms']:.3f} ms",
         f"{'variant':<17}{'median ms':>10}{'(min-max)':>18}{'GB/s':>8}{'roofline':>9}"
-        f"{'vs torch_fused':>15}{'vs optax':>9}{'compile s':>10}{'peak/ideal':>11}",
+        f"{'vs torch_fused':>15}{'vs optax':>9}{'compile s':>10}{'peak/ideal':>11}"
+        f"{'step+':>7}",
     ]
     for name, v in variants.items():
         vs_fused = (
@@ -265,11 +281,12 @@ def table(result: dict) -> str:
             v["median_ms"] / variants["optax"]["median_ms"] if "optax" in variants else float("nan")
         )
         peak = f"{v['peak_over_ideal']:.2f}" if "peak_over_ideal" in v else "-"
+        extra = f"{v['step_extra_over_ideal']:.2f}" if "step_extra_over_ideal" in v else "-"
         span = "({:.3f}-{:.3f})".format(v["min_ms"], v["max_ms"])
         lines.append(
             f"{name:<17}{v['median_ms']:>10.3f}{span:>18}"
             f"{v['gbps']:>8.1f}{v['roofline_fraction']:>9.2f}{vs_fused:>15.2f}{vs_optax:>9.2f}"
-            f"{v['compile_s']:>10.2f}{peak:>11}"
+            f"{v['compile_s']:>10.2f}{peak:>11}{extra:>7}"
         )
     return "\n".join(lines)
 
