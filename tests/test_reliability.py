@@ -111,29 +111,52 @@ def test_long_float32_run_stays_with_torch():
     )
 
 
-def test_hundred_million_element_leaf_within_memory():
-    """A 10^8-element leaf through the fused step with donated buffers, in a fresh process:
-    peak memory above the process baseline stays within 15% of params + grads + buffers.
-    (VmHWM is the process's own peak; ru_maxrss would carry over pytest's.)"""
-    code = """
-import re, jax, jax.numpy as jnp, sgdx
+MEMORY_RUN = """
+import re, sys, jax, jax.numpy as jnp, sgdx
+leaves, size = int(sys.argv[1]), int(sys.argv[2])
 status = lambda: open("/proc/self/status").read()
-rss = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", status())[1]) * 1024
-base = rss()
+kb = lambda key: int(re.search(key + r":\\s+(\\d+)", status())[1]) * 1024
+base = kb("VmHWM")
 opt = sgdx.fused_sgd(0.1, 0.9, weight_decay=1e-4, nesterov=True)
-params, grads = [jnp.ones(100_000_000, jnp.float32)], [jnp.full(100_000_000, 0.5, jnp.float32)]
+params = [jnp.ones(size, jnp.float32) for _ in range(leaves)]
+grads = [jnp.full(size, 0.5, jnp.float32) for _ in range(leaves)]
 state = opt.init(params)
 step = jax.jit(opt.step, donate_argnums=(0, 2))
-for _ in range(3):
+params, state = step(params, grads, state)
+before = kb("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+for _ in range(2):
     params, state = step(params, grads, state)
-print((rss() - base) / (12 * 100_000_000), float(params[0][0]))
+ideal = 12 * leaves * size
+print((kb("VmHWM") - base) / ideal, (kb("VmHWM") - before) / ideal, float(params[-1][-1]))
 """
+
+
+@pytest.mark.parametrize(
+    ("leaves", "size", "max_whole"),
+    [(1, 100_000_000, 1.15), (3000, 20_000, None)],
+    ids=["1x1e8", "3000x2e4"],
+)
+def test_large_trees_within_memory(leaves, size, max_whole):
+    """A 10^8-element leaf, and 3000 leaves (6e7 elements), through the fused step with
+    donated buffers, in a fresh process: the steps allocate under 2% of params + grads +
+    buffers beyond their inputs, and for the single leaf the process's whole peak above its
+    baseline stays within 15% of it. (VmHWM is the process's own peak, reset before the
+    steps through clear_refs; ru_maxrss would carry over pytest's.) The whole peak of the
+    3000-leaf run is not bounded here: compiling any jit of 12000 operands takes about 1 GB
+    in XLA (an identity-like jit of that many arrays measures the same), whatever the update.
+    """
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", MEMORY_RUN, str(leaves), str(size)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    ratio, value = map(float, result.stdout.split())
-    assert ratio < 1.15, result.stdout
+    whole, steps, value = map(float, result.stdout.split())
+    assert steps < 0.02, result.stdout
+    if max_whole is not None:
+        assert whole < max_whole, result.stdout
     # three steps from p = 1, g = 0.5, wd 1e-4, nesterov: matches the small reference run
     tx = sgdx.sgd(0.1, 0.9, weight_decay=1e-4, nesterov=True)
     p, state = jnp.ones(2, jnp.float32), tx.init(jnp.ones(2, jnp.float32))
