@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from sgdx import _hyperparams, _tree
@@ -17,8 +18,8 @@ def _zeros_and_flags(
     params: Params, accumulator_dtype: DTypeLike | None, who: str
 ) -> tuple[PyTree, PyTree]:
     _tree.check_inexact(params, who)
-    buffers = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=accumulator_dtype or p.dtype), params)
-    flags = jax.tree.map(lambda _: jnp.zeros((), jnp.bool_), params)
+    buffers = jax.tree.map(lambda p: _tree.zeros_like(p, accumulator_dtype), params)
+    flags = jax.tree.map(lambda _: jnp.asarray(np.False_), params)
     return buffers, flags
 
 

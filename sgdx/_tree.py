@@ -134,6 +134,30 @@ def match_sharding(x: jax.Array, reference: jax.Array) -> jax.Array:
     return resharded
 
 
+def zeros_like(x: Any, dtype: Any = None) -> jax.Array:
+    """``jnp.zeros_like(x, dtype)``, with ``x``'s sharding, made without compiling anything.
+
+    Eager ``jnp.zeros_like`` compiles one XLA program per distinct shape (for a tree of
+    2000 distinct shapes: 90 s and 2.6 GB on a 2-core CPU). Here the zeros of a concrete
+    array are made in host memory and placed as ``jnp.zeros_like`` places them: shard by
+    shard with the sharding of a committed ``x``, on the default device for an uncommitted
+    one. A traced ``x`` (``init`` inside ``jax.jit``) takes ``jnp.zeros_like``.
+    """
+    if isinstance(x, jax.core.Tracer) or not isinstance(x, jax.Array):
+        return jnp.zeros_like(x, dtype=dtype)
+    host_dtype = jax.dtypes.canonicalize_dtype(dtype or x.dtype)
+    if not x.committed:
+        return jnp.asarray(np.zeros(x.shape, host_dtype))
+
+    def shard(index: tuple[slice, ...] | None) -> np.ndarray:
+        if index is None:
+            return np.zeros(x.shape, host_dtype)
+        shape = [len(range(*s.indices(n))) for s, n in zip(index, x.shape, strict=True)]
+        return np.zeros(shape, host_dtype)
+
+    return jax.make_array_from_callback(x.shape, x.sharding, shard)
+
+
 def safe_increment(count: jax.Array) -> jax.Array:
     """``count + 1``, saturating at the dtype's maximum instead of wrapping around."""
     limit = np.iinfo(count.dtype).max

@@ -43,6 +43,7 @@ def test_data_parallel_modes_match_the_single_device_run():
         "buffer_rows": 16,
         "params_replicated": True,
     }
+    assert report["eager_init_layout"] == {"same_sharding": True, "zeros": True}
 
 
 def free_port() -> int:

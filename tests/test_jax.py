@@ -78,6 +78,39 @@ def test_init_on_shape_dtype_structs(name, kwargs, convention):
 
 
 @pytest.mark.parametrize("convention", CONVENTIONS)
+def test_init_compiles_nothing_per_leaf_and_places_state_like_params(convention):
+    """Eager ``jnp.zeros_like`` compiles one XLA program per new shape (for 2000 shapes:
+    minutes and gigabytes); ``init`` makes its zeros in host memory instead."""
+    tx = make_sgd({"momentum": 0.9}, convention)
+    tx.init({"warm": jnp.ones(1)})  # the scalars every init makes (counts, flags)
+    device = jax.devices()[0]
+    params = {f"l{i}": jnp.asarray(np.ones((i + 1, 89), np.float32)) for i in range(40)}
+    params["committed"] = jax.device_put(np.ones((7, 89), np.float64), device)
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        state = tx.init(params)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+    buffers = state[0].momentum_buffer if convention == "pytorch" else state[0].velocity
+    expected = jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params)
+    chex.assert_trees_all_equal(buffers, expected)
+    chex.assert_trees_all_equal_shapes_and_dtypes(buffers, params)
+    # placed as jnp.zeros_like places them: committed where the parameter is, else default
+    assert (
+        buffers["committed"].committed
+        and buffers["committed"].sharding == params["committed"].sharding
+    )
+    assert not buffers["l0"].committed and not jnp.zeros_like(params["l0"]).committed
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
 def test_vmap_over_independent_runs(convention):
     tx = sgdx.sgd(0.1, momentum=0.9, weight_decay=0.01, nesterov=True, convention=convention)
     batch = jnp.stack([jnp.linspace(-1, 1, 4) * (i + 1) for i in range(3)])

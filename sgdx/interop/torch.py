@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import DictKey, GetAttrKey, SequenceKey, tree_flatten_with_path
 
+from sgdx import _tree
 from sgdx._base import Params
 from sgdx._groups import ParamGroupsState
 from sgdx._inject import InjectHyperparamsState
@@ -208,8 +209,8 @@ def load_state_dict(
             leaf = positions[k]
             entry = buffers.get(k, {}).get("momentum_buffer")
             if entry is None:
-                buffer_leaves[leaf] = jnp.zeros_like(buffer_leaves[leaf])
-                flag_leaves[leaf] = jnp.zeros((), jnp.bool_)
+                buffer_leaves[leaf] = _tree.zeros_like(buffer_leaves[leaf])
+                flag_leaves[leaf] = jnp.asarray(np.False_)
                 continue
             value = _to_numpy(entry)
             if value.shape != jnp.shape(leaves[leaf]):

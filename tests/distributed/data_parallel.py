@@ -12,6 +12,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -123,6 +124,17 @@ def zero1(mesh):
     }
 
 
+def eager_init_layout(mesh):
+    """Eager ``init`` of row-sharded parameters: zero buffers sharded as the parameters."""
+    params = jax.device_put(PARAMS, NamedSharding(mesh, P("data")))
+    buffers = tx.init(params)[1].momentum_buffer
+    pairs = list(zip(jax.tree.leaves(buffers), jax.tree.leaves(params), strict=True))
+    return {
+        "same_sharding": all(b.sharding == p.sharding for b, p in pairs),
+        "zeros": all(not np.any(np.asarray(b)) for b, _ in pairs),
+    }
+
+
 if __name__ == "__main__":
     assert jax.device_count() == 8, os.environ.get("XLA_FLAGS")
     mesh = jax.make_mesh((8,), ("data",))
@@ -130,6 +142,7 @@ if __name__ == "__main__":
     shard_map_results, naive_ratio = shard_map_modes(mesh)
     pmapped, pmap_spread = pmap_mode()
     zero1_params, zero1_layout = zero1(mesh)
+    init_layout = eager_init_layout(mesh)
     print(
         json.dumps(
             {
@@ -141,6 +154,7 @@ if __name__ == "__main__":
                 "pmap_replica_spread": pmap_spread,
                 "zero1": max_diff(zero1_params, expected),
                 "zero1_layout": zero1_layout,
+                "eager_init_layout": init_layout,
             }
         )
     )

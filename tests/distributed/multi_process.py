@@ -41,7 +41,7 @@ def main(process_id: int, port: int, out: str) -> None:
     replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
     params = jax.tree.map(lambda a: global_array(a, replicated), PARAMS)
-    state = jax.jit(tx.init, out_shardings=replicated)(params)
+    state = tx.init(params)  # eager: buffers made shard by shard, placed like params
     x, y = global_array(X, batch), global_array(Y, batch)
     step = jax.jit(
         lambda p, s, x, y: apply(p, s, jax.grad(loss_fn)(p, x, y)),
