@@ -18,9 +18,10 @@ A sample is ``--steps-per-sample`` steps issued back to back, then one wait (def
 CPU, 20 on a GPU, where a step is shorter than a host round trip). ``sgdx_fused_flat`` is
 the fused step on the same number of parameters in one array, the layout
 ``jax.flatten_util.ravel_pytree`` gives (built as one array, not raveled per step): one
-array per tree crosses the ``jit`` boundary instead of one per leaf. ``sgdx_in_jit`` runs a
-sample's steps in one ``jax.jit`` (a ``lax.fori_loop``), as inside a jitted training step:
-the update without per-call dispatch.
+array per tree crosses the ``jit`` boundary instead of one per leaf. ``sgdx_in_jit`` and
+``sgdx_fused_in_jit`` run a sample of at least 10 steps in one ``jax.jit`` (a
+``lax.fori_loop``), as inside a jitted training step: the update without per-call dispatch
+(times are per step).
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from pathlib import Path
 import numpy as np
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-4
+IN_JIT_STEPS = 10
 VARIANTS = (
     "sgdx_fused",
     "sgdx_fused_flat",
     "sgdx",
     "sgdx_in_jit",
+    "sgdx_fused_in_jit",
     "optax",
     "torch_fused",
     "torch_foreach",
@@ -96,7 +99,8 @@ MODELS = {"gpt2": gpt2_shapes, "resnet50": resnet50_shapes, "many_leaves": many_
 
 
 def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: int):
-    """Returns (sample, compile_seconds): ``sample()`` runs ``steps`` optimizer steps, then
+    """Returns (sample, compile_seconds, steps_per_sample): ``sample()`` runs that many
+    optimizer steps (``steps``; at least ``IN_JIT_STEPS`` for the in-jit variants), then
     waits for them."""
     if name.startswith("torch"):
         import torch
@@ -118,15 +122,19 @@ def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: i
             if device == "gpu":
                 torch.cuda.synchronize()
 
-        return torch_sample, 0.0
+        return torch_sample, 0.0, steps
 
     import jax
-    import jax.numpy as jnp
 
     if name == "sgdx_fused_flat":  # the layout ravel_pytree gives, built directly
         shapes = [(sum(int(np.prod(s)) for s in shapes),)]
-    params = [jnp.full(s, 0.1, jnp.float32) for s in shapes]
-    grads = [jnp.full(s, 0.01, jnp.float32) for s in shapes]
+    def full(shape: tuple[int, ...], value: float) -> jax.Array:
+        """From host memory (``jnp.full`` would compile once per shape), one array at a
+        time: the host copy is freed when the transfer is done."""
+        return jax.device_put(np.full(shape, value, np.float32)).block_until_ready()
+
+    params = [full(s, 0.1) for s in shapes]
+    grads = [full(s, 0.01) for s in shapes]
     if name == "optax":
         import optax
 
@@ -147,7 +155,8 @@ def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: i
         u, s = tx.update(g, s, p)
         return apply(p, u), s
 
-    if name == "sgdx_in_jit":
+    if name.endswith("_in_jit"):
+        steps = max(steps, IN_JIT_STEPS)
 
         def run(p, s, g):
             return jax.lax.fori_loop(0, steps, lambda _, ps: one_step(*ps, g), (p, s))
@@ -167,7 +176,7 @@ def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: i
         jax.block_until_ready(holder["p"])
 
     sample()  # a first update, so that momentum buffers are live as in torch
-    return sample, compile_seconds
+    return sample, compile_seconds, steps
 
 
 def roofline_gbps(rounds: int, device: str) -> float:
@@ -201,7 +210,7 @@ def peak_memory(model: str, variant: str, device: str) -> tuple[float, float]:
         "status = lambda: open('/proc/self/status').read()\n"
         "kb = lambda k: 1024 * int(re.search(k + r':\\s+(\\d+)', status())[1])\n"
         "base = kb('VmHWM')\n"
-        f"sample, _ = b.make_variant({variant!r}, b.MODELS[{model!r}](), {device!r}, 1)\n"
+        f"sample, _, _ = b.make_variant({variant!r}, b.MODELS[{model!r}](), {device!r}, 1)\n"
     )
     if device == "cpu":
         code += (
@@ -227,9 +236,11 @@ def child(
 ) -> dict:
     shapes = MODELS[model]()
     n = int(sum(np.prod(s) for s in shapes))
-    samples, compile_times = {}, {}
+    samples, compile_times, sample_steps = {}, {}, {}
     for name in variants:
-        samples[name], compile_times[name] = make_variant(name, shapes, device, steps)
+        samples[name], compile_times[name], sample_steps[name] = make_variant(
+            name, shapes, device, steps
+        )
     for _ in range(3):  # warm-up
         for name in variants:
             samples[name]()
@@ -238,12 +249,11 @@ def child(
         for name in variants:
             start = time.perf_counter()
             samples[name]()
-            times[name].append((time.perf_counter() - start) / steps)
+            times[name].append((time.perf_counter() - start) / sample_steps[name])
     roofline = roofline_gbps(rounds, device)
     ideal_bytes = 3 * 4 * n
     result = {"model": model, "params": n, "leaves": len(shapes), "roofline_gbps": roofline,
-              "ideal_step_ms": 20 * n / roofline / 1e6, "steps_per_sample": steps,
-              "variants": {}}  # fmt: skip
+              "ideal_step_ms": 20 * n / roofline / 1e6, "variants": {}}  # fmt: skip
     for name in variants:
         t = np.asarray(times[name])
         entry = {
@@ -252,6 +262,7 @@ def child(
             "max_ms": float(t.max() * 1e3),
             "gbps": 20 * n / float(np.median(t)) / 1e9,
             "compile_s": compile_times[name],
+            "steps_per_sample": sample_steps[name],
         }
         entry["roofline_fraction"] = entry["gbps"] / roofline
         if memory:

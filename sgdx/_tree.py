@@ -146,8 +146,9 @@ def zeros_like(x: Any, dtype: Any = None) -> jax.Array:
     if isinstance(x, jax.core.Tracer) or not isinstance(x, jax.Array):
         return jnp.zeros_like(x, dtype=dtype)
     host_dtype = jax.dtypes.canonicalize_dtype(dtype or x.dtype)
-    if not x.committed:
-        return jnp.asarray(np.zeros(x.shape, host_dtype))
+    if not x.committed:  # device_put without a device: uncommitted (jnp.asarray would copy)
+        placed: jax.Array = jax.device_put(np.zeros(x.shape, host_dtype))
+        return placed
 
     def shard(index: tuple[slice, ...] | None) -> np.ndarray:
         if index is None:
