@@ -1,6 +1,6 @@
 """Many small leaves: keep the parameters in one flat array.
 
-pip install -e . && python examples/flat_params.py
+pip install -e . && python examples/many_leaves.py
 
 Every array that crosses a ``jax.jit`` boundary costs a few microseconds of dispatch, and
 XLA compiles per leaf, so a model of hundreds of small layers spends more time around its

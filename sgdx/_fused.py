@@ -175,7 +175,7 @@ def fused_sgd(
     a tree of thousands of small leaves is dominated by that overhead, not by the update.
     For such trees keep the parameters flat, ``flat, unravel =
     jax.flatten_util.ravel_pytree(params)``, differentiate ``loss(unravel(flat))`` and step
-    the one flat array (``examples/flat_params.py``).
+    the one flat array (``examples/many_leaves.py``).
 
     Args:
       learning_rate, momentum, dampening, weight_decay, nesterov, maximize: as
