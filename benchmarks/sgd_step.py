@@ -128,6 +128,7 @@ def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: i
 
     if name == "sgdx_fused_flat":  # the layout ravel_pytree gives, built directly
         shapes = [(sum(int(np.prod(s)) for s in shapes),)]
+
     def full(shape: tuple[int, ...], value: float) -> jax.Array:
         """From host memory (``jnp.full`` would compile once per shape), one array at a
         time: the host copy is freed when the transfer is done."""

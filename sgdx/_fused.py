@@ -172,10 +172,12 @@ def fused_sgd(
     several devices.
 
     Every array that crosses a ``jax.jit`` boundary costs a few microseconds of dispatch, so
-    a tree of thousands of small leaves is dominated by that overhead, not by the update.
-    For such trees keep the parameters flat, ``flat, unravel =
-    jax.flatten_util.ravel_pytree(params)``, differentiate ``loss(unravel(flat))`` and step
-    the one flat array (``examples/many_leaves.py``).
+    a tree of thousands of small leaves called as a jit of its own is dominated by that
+    overhead, not by the update. Call ``step`` inside the jitted training step (the
+    gradients then never cross the boundary) and keep the leaf count small: stack repeated
+    layers and ``lax.scan`` over them, or keep the parameters flat (``flat, unravel =
+    jax.flatten_util.ravel_pytree(params)``, differentiate ``loss(unravel(flat))``, step the
+    one array). ``examples/many_leaves.py`` compares the three layouts.
 
     Args:
       learning_rate, momentum, dampening, weight_decay, nesterov, maximize: as
