@@ -1,6 +1,6 @@
 """Pytree plumbing shared by the transforms: leaf-wise maps with ``None`` gradients,
-structure/shape/dtype checks that name the offending path, sharding matching and
-saturating counters. The bottom layer: it imports nothing from sgdx."""
+structure/shape/dtype checks that name the offending path, sharding matching, zeros placed
+like a leaf, saturating counters. The bottom layer: it imports nothing from sgdx."""
 
 from __future__ import annotations
 
