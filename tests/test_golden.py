@@ -34,7 +34,7 @@ def test_sgdx_reproduces_golden_torch_trajectory(name, dtype):
     problem, lrs, expected = golden_case(name, dtype)
     kwargs = dict(oracle.CONFIGS)[name]
     actual = oracle.run_sgdx(oracle.sgdx_optimizer(kwargs, lrs), problem)
-    oracle.assert_trajectories_close(actual, expected)
+    oracle.assert_trajectories_close(actual, expected, kwargs.get("momentum", 0.0))
 
 
 @pytest.mark.parametrize(("name", "dtype"), CASES)
@@ -44,4 +44,5 @@ def test_golden_file_matches_live_torch(name, dtype):
     problem, lrs, expected = golden_case(name, dtype)
     kwargs = dict(oracle.CONFIGS)[name]
     np.testing.assert_array_equal(lrs, oracle.learning_rates(kwargs))
-    oracle.assert_trajectories_close(oracle.run_torch(kwargs, problem, np.dtype(dtype)), expected)
+    live = oracle.run_torch(kwargs, problem, np.dtype(dtype))
+    oracle.assert_trajectories_close(live, expected, kwargs.get("momentum", 0.0))

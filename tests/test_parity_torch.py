@@ -24,7 +24,7 @@ def test_every_config_matches_torch(name, kwargs, dtype):
     problem = oracle.make_problem(1, dtype, maximize=kwargs.get("maximize", False))
     expected = oracle.run_torch(kwargs, problem, dtype)
     actual = oracle.run_sgdx(oracle.sgdx_optimizer(kwargs, oracle.learning_rates(kwargs)), problem)
-    oracle.assert_trajectories_close(actual, expected)
+    oracle.assert_trajectories_close(actual, expected, kwargs.get("momentum", 0.0))
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,9 @@ def test_hyperparameters_given_as_arrays_match_torch(name, kwargs):
     }
     tx = oracle.sgdx_optimizer(as_arrays, oracle.learning_rates(kwargs))
     oracle.assert_trajectories_close(
-        oracle.run_sgdx(tx, problem), oracle.run_torch(kwargs, problem, dtype)
+        oracle.run_sgdx(tx, problem),
+        oracle.run_torch(kwargs, problem, dtype),
+        kwargs.get("momentum", 0.0),
     )
 
 
@@ -67,13 +69,14 @@ def sgd_kwargs(draw):
 def test_hypothesis_search_matches_torch(kwargs, dtype, seed, traced):
     problem = oracle.make_problem(seed, dtype, maximize=kwargs["maximize"])
     expected = oracle.run_torch(kwargs, problem, dtype)
+    momentum = kwargs["momentum"]
     if traced:  # every numeric hyperparameter as an array: the same chain for any value
         kwargs = {
             k: jnp.asarray(v) if k in ("momentum", "dampening", "weight_decay") else v
             for k, v in kwargs.items()
         }
     tx = oracle.sgdx_optimizer(kwargs, oracle.learning_rates(kwargs))
-    oracle.assert_trajectories_close(oracle.run_sgdx(tx, problem), expected)
+    oracle.assert_trajectories_close(oracle.run_sgdx(tx, problem), expected, momentum)
 
 
 FREEZE_CONFIGS = [c for c in oracle.CONFIGS if c[1].get("momentum")]
