@@ -150,10 +150,9 @@ def zeros_like(x: Any, dtype: Any = None) -> jax.Array:
         placed: jax.Array = jax.device_put(np.zeros(x.shape, host_dtype))
         return placed
 
-    def shard(index: tuple[slice, ...] | None) -> np.ndarray:
-        if index is None:
-            return np.zeros(x.shape, host_dtype)
-        shape = [len(range(*s.indices(n))) for s, n in zip(index, x.shape, strict=True)]
+    def shard(index: tuple[slice, ...] | None) -> np.ndarray:  # None: the whole array
+        slices = index or (slice(None),) * x.ndim
+        shape = [len(range(*s.indices(n))) for s, n in zip(slices, x.shape, strict=True)]
         return np.zeros(shape, host_dtype)
 
     return jax.make_array_from_callback(x.shape, x.sharding, shard)
