@@ -142,6 +142,38 @@ def _native_step(
     return new_flags, new_params, new_buffers
 
 
+def _reference_leaves(
+    hyper: jax.Array,
+    flags: list[jax.Array],
+    params: list[jax.Array],
+    grads: list[jax.Array],
+    buffers: list[jax.Array],
+    *,
+    nesterov: bool,
+    maximize: bool,
+) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
+    """:func:`_native_step` in pure JAX: :func:`sgdx.sgd` with the hyperparameters held in
+    ``hyper``, on the same operands. Its derivatives are the native step's."""
+    learning_rate, momentum, dampening, weight_decay = hyper
+    tx = sgd(learning_rate, momentum, dampening, weight_decay, nesterov, maximize=maximize)
+    state = tuple(
+        TraceState(buffers, flags) if isinstance(s, TraceState) else s for s in tx.init(params)
+    )
+    updates, state = tx.update(grads, state, params)
+    trace = next(s for s in state if isinstance(s, TraceState))
+    return trace.initialized, apply_updates(params, updates), trace.momentum_buffer
+
+
+def _differentiable_native_step(nesterov: bool, maximize: bool) -> Any:
+    """:func:`_native_step`, differentiated (``jax.grad``, ``jax.jvp``, ...) through
+    :func:`_reference_leaves`, since the kernel has no derivative of its own: every operand,
+    ``hyper`` included, is an argument, so derivatives reach the hyperparameters."""
+    native = jax.custom_jvp(functools.partial(_native_step, nesterov=nesterov, maximize=maximize))
+    reference = functools.partial(_reference_leaves, nesterov=nesterov, maximize=maximize)
+    native.defjvp(lambda primals, tangents: jax.jvp(reference, primals, tangents))
+    return native
+
+
 class FusedSGD(NamedTuple):
     """:func:`sgdx.sgd` with a fused ``step``; ``init`` and ``update`` are sgd's own."""
 
@@ -168,8 +200,11 @@ def fused_sgd(
     for float32 or float64 parameters (all of one dtype) with a gradient for every leaf and
     momentum on, it runs a native kernel: 20 bytes of memory traffic per float32 parameter,
     in place when the caller donates ``params`` and ``state`` (``jax.jit(..., donate_argnums
-    =(0, 2))``). Use ``update`` to differentiate through a step or with sharded arrays on
-    several devices.
+    =(0, 2))``). Derivatives of a step (``jax.grad`` with respect to the parameters or a
+    hyperparameter, ``jax.jvp``) are the reference path's; ``jax.vmap`` runs the kernel once
+    per batch element. With more than one device the step is the reference path, which XLA
+    partitions like any jitted computation, so sharded parameters and buffers keep their
+    sharding.
 
     Every array that crosses a ``jax.jit`` boundary costs a few microseconds of dispatch, so
     a tree of thousands of small leaves called as a jit of its own is dominated by that
@@ -204,9 +239,11 @@ def fused_sgd(
         updates, state = tx.update(grads, state, params)
         return apply_updates(params, updates), state
 
+    native_step = _differentiable_native_step(nesterov, maximize)
+
     def step(params: Params, grads: Params, state: OptState) -> tuple[Params, OptState]:
         kinds = [type(s) for s in state] if isinstance(state, tuple) else []
-        if TraceState not in kinds or jax.default_backend() != "cpu":
+        if TraceState not in kinds or jax.default_backend() != "cpu" or jax.device_count() > 1:
             return reference(params, grads, state)
         p_leaves, treedef = jax.tree.flatten(params)
         g_leaves, g_treedef = jax.tree.flatten(grads, is_leaf=lambda x: x is None)
@@ -231,9 +268,7 @@ def fused_sgd(
             return reference(params, grads, state)
         lr = _hyperparams.learning_rate_at(learning_rate, scalar, scale.count)
         hyper = jnp.stack([jnp.asarray(v, dtype) for v in (lr, momentum, dampening, weight_decay)])
-        flags, p_leaves, b_leaves = _native_step(
-            hyper, flags, p_leaves, g_leaves, b_leaves, nesterov=nesterov, maximize=maximize
-        )
+        flags, p_leaves, b_leaves = native_step(hyper, flags, p_leaves, g_leaves, b_leaves)
         new_params = jax.tree.unflatten(treedef, p_leaves)
         new_trace = TraceState(
             jax.tree.unflatten(treedef, b_leaves), jax.tree.unflatten(treedef, flags)

@@ -32,7 +32,7 @@ def test_data_parallel_modes_match_the_single_device_run():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    for mode in ("named_sharding", "shard_map", "pmap", "zero1"):
+    for mode in ("named_sharding", "shard_map", "pmap", "zero1", "fused_sharded"):
         assert report[mode] < 1e-13, (mode, report[mode])
     assert report["pmap_replica_spread"] == 0.0
     # the pitfall: pmean of per-device gradients of replicated params is 8x the gradient
@@ -44,6 +44,7 @@ def test_data_parallel_modes_match_the_single_device_run():
         "params_replicated": True,
     }
     assert report["eager_init_layout"] == {"same_sharding": True, "zeros": True}
+    assert report["fused_sharded_layout"] is True
 
 
 def free_port() -> int:

@@ -101,6 +101,43 @@ def test_fallback_cases_equal_the_reference(params, grads, opt):
         chex.assert_trees_all_equal(state, expected_state)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"dampening": 0.3}, {"nesterov": True, "maximize": True}],
+    ids=["dampening", "nesterov-maximize"],
+)
+def test_derivatives_through_steps_are_the_reference_paths(options):
+    """jax.grad and jax.jvp through three steps, with respect to the initial parameters and
+    every hyperparameter, equal the reference path's (the kernel has none of its own)."""
+    dampening = options.pop("dampening", 0.0)
+    params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(3, 2), "b": jnp.full(3, 0.5)}
+
+    def loss_after_steps(hyper, params, fused):
+        lr, momentum, dampening, weight_decay = hyper
+        opt = (sgdx.fused_sgd if fused else sgdx.sgd)(
+            lr, momentum, dampening, weight_decay, **options
+        )
+        state = opt.init(params)
+        for _ in range(3):
+            grads = jax.tree.map(lambda p: 2 * p + p**3, params)
+            if fused:
+                params, state = opt.step(params, grads, state)
+            else:
+                updates, state = opt.update(grads, state, params)
+                params = sgdx.apply_updates(params, updates)
+        return sum(jnp.sum(p**2) for p in jax.tree.leaves(params))
+
+    hyper = tuple(jnp.asarray(v) for v in (0.1, 0.9, dampening, 0.01))
+    grad = jax.jit(jax.grad(loss_after_steps, argnums=(0, 1)), static_argnums=2)
+    chex.assert_trees_all_close(grad(hyper, params, True), grad(hyper, params, False), rtol=1e-12)
+    tangents = (hyper, jax.tree.map(jnp.cos, params))
+    fused, reference = (
+        jax.jvp(lambda h, p, f=f: loss_after_steps(h, p, f), (hyper, params), tangents)
+        for f in (True, False)
+    )
+    chex.assert_trees_all_close(fused, reference, rtol=1e-12)
+
+
 def test_many_leaves_and_vmap():
     leaves = {f"p{i}": jnp.full((i % 7 + 1,), float(i), jnp.float32) for i in range(300)}
     grads = jax.tree.map(lambda p: jnp.sin(p), leaves)

@@ -124,6 +124,22 @@ def zero1(mesh):
     }
 
 
+def fused_sharded():
+    """``fused_sgd``'s step on row-sharded parameters: the values of the reference run, and
+    parameters and buffers still sharded as the parameters were."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    rows = NamedSharding(mesh, P("data"))
+    fused = sgdx.fused_sgd(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    params = jax.device_put(PARAMS, rows)
+    state = fused.init(params)
+    step = jax.jit(lambda p, s, x, y: fused.step(p, jax.grad(loss_fn)(p, x, y), s))
+    for _ in range(STEPS):
+        params, state = step(params, state, X, Y)
+        jax.block_until_ready(params)  # simulated devices: one step in flight
+    arrays = [*jax.tree.leaves(params), *jax.tree.leaves(state[1].momentum_buffer)]
+    return params, all(a.sharding.is_equivalent_to(rows, a.ndim) for a in arrays)
+
+
 def eager_init_layout(mesh):
     """Eager ``init`` of row-sharded parameters: zero buffers sharded as the parameters."""
     params = jax.device_put(PARAMS, NamedSharding(mesh, P("data")))
@@ -143,6 +159,7 @@ if __name__ == "__main__":
     pmapped, pmap_spread = pmap_mode()
     zero1_params, zero1_layout = zero1(mesh)
     init_layout = eager_init_layout(mesh)
+    fused_params, fused_layout = fused_sharded()
     print(
         json.dumps(
             {
@@ -155,6 +172,8 @@ if __name__ == "__main__":
                 "zero1": max_diff(zero1_params, expected),
                 "zero1_layout": zero1_layout,
                 "eager_init_layout": init_layout,
+                "fused_sharded": max_diff(fused_params, expected),
+                "fused_sharded_layout": fused_layout,
             }
         )
     )
