@@ -5,7 +5,10 @@
 
 Configuration: float32, momentum 0.9, nesterov, weight decay 1e-4, lr 0.1. Each model runs
 in a process of its own; inside it every variant is warmed up, then the variants take turns
-(one sample each per round) so that they see the same machine state, and the table reports
+(one sample each per round) so that they see the same machine state. Each timed sample
+follows an untimed one of the same variant: a framework's threads still spin for a while
+after its step, and a JAX step timed right after torch's paid about 4 ms more on ResNet-50
+(2 cores) than the same step timed after itself. The table reports
 the median (min-max) step time, effective bandwidth at 20 bytes per parameter (read param,
 grad, buffer; write param, buffer), the fraction of the roofline, the ratio to each peer,
 compile time, and peak memory from a fresh process per variant against the ideal
@@ -21,7 +24,9 @@ the fused step on the same number of parameters in one array, the layout
 array per tree crosses the ``jit`` boundary instead of one per leaf. ``sgdx_in_jit`` and
 ``sgdx_fused_in_jit`` run a sample of at least 10 steps in one ``jax.jit`` (a
 ``lax.fori_loop``), as inside a jitted training step: the update without per-call dispatch
-(times are per step).
+(times are per step). ``jax_floor`` computes nothing: a ``jax.jit`` of ``(params, grads) ->
+params`` with ``params`` donated, the least that any JAX step over the same pytree, called as
+a jit of its own, spends passing its arrays in and out.
 """
 
 from __future__ import annotations
@@ -49,8 +54,17 @@ VARIANTS = (
     "torch_fused",
     "torch_foreach",
     "torch_single",
+    "jax_floor",
 )
-GPU_VARIANTS = ("sgdx", "sgdx_fused_flat", "sgdx_in_jit", "optax", "torch_fused", "torch_foreach")
+GPU_VARIANTS = (
+    "sgdx",
+    "sgdx_fused_flat",
+    "sgdx_in_jit",
+    "optax",
+    "torch_fused",
+    "torch_foreach",
+    "jax_floor",
+)
 
 
 def gpt2_shapes() -> list[tuple[int, ...]]:
@@ -151,6 +165,8 @@ def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: i
         apply = sgdx.apply_updates
 
     def one_step(p, s, g):
+        if name == "jax_floor":
+            return p, s
         if name.startswith("sgdx_fused"):
             return tx.step(p, g, s)
         u, s = tx.update(g, s, p)
@@ -165,7 +181,7 @@ def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: i
         calls = 1
     else:
         run, calls = one_step, steps
-    holder = {"p": params, "s": tx.init(params)}
+    holder = {"p": params, "s": () if name == "jax_floor" else tx.init(params)}
     start = time.perf_counter()
     compiled = jax.jit(run, donate_argnums=(0, 1)).lower(holder["p"], holder["s"], grads)
     compiled = compiled.compile()
@@ -248,6 +264,7 @@ def child(
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name in variants:
+            samples[name]()  # untimed: see the module docstring
             start = time.perf_counter()
             samples[name]()
             times[name].append((time.perf_counter() - start) / sample_steps[name])

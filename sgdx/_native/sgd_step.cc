@@ -9,9 +9,12 @@
 // Inputs: hyper = [lr, momentum, dampening, weight_decay] (leaf dtype), then n flags (a bool
 // per leaf: has a buffer), n params, n grads, n buffers. Outputs (aliased to the inputs): n
 // flags, n params, n buffers. Every leaf is an operand of its own, so that XLA emits no code
-// around the call. Work is split by element count over the host's cores.
+// around the call. The tree is cut into parts by element count, which XLA's intra-op threads
+// and the calling thread share (no thread is started per call).
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -70,20 +73,48 @@ void Update(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T
   Dispatch<T>(leaf, begin, end, lr, momentum, keep, wd, flags);
 }
 
+// One call's work. Threads claim parts from `next` until none is left, so a part is either
+// unclaimed or being run: the caller, which runs parts too, never waits on a part that no
+// thread has started (the pool's threads may all be busy), and uneven progress evens out.
+template <typename T>
+struct Pass {
+  std::vector<Leaf<T>> leaves;
+  int64_t total = 0, parts = 1;
+  T lr, momentum, keep, wd;
+  bool nesterov, maximize;
+  std::atomic<int64_t> next{0}, done{0};
+
+  void Run() {
+    for (int64_t w; (w = next.fetch_add(1)) < parts;) {
+      // part w is elements [w * total / parts, (w + 1) * total / parts) of the tree
+      const int64_t lo = w * total / parts, hi = (w + 1) * total / parts;
+      int64_t offset = 0;
+      for (const Leaf<T>& leaf : leaves) {
+        const int64_t begin = std::max(lo, offset), end = std::min(hi, offset + leaf.size);
+        if (begin < end) {
+          Update(leaf, begin - offset, end - offset, lr, momentum, keep, wd, nesterov, maximize);
+        }
+        offset += leaf.size;
+        if (offset >= hi) break;
+      }
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
 template <ffi::DataType dtype>
-ffi::Error Step(ffi::Buffer<dtype> hyper, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                bool nesterov, bool maximize) {
+ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::RemainingArgs args,
+                ffi::RemainingRets rets, bool nesterov, bool maximize) {
   using T = ffi::NativeType<dtype>;
   const int64_t n = static_cast<int64_t>(args.size()) / 4;
   if (static_cast<int64_t>(args.size()) != 4 * n || static_cast<int64_t>(rets.size()) != 3 * n) {
     return ffi::Error::InvalidArgument("sgdx_sgd_step: expected n flags, params, grads, buffers");
   }
   const T* h = hyper.typed_data();
-  const T lr = h[0], momentum = h[1], keep = T(1) - h[2], wd = h[3];
-
-  std::vector<Leaf<T>> leaves;
-  leaves.reserve(n);
-  int64_t total = 0;
+  auto pass = std::make_shared<Pass<T>>();
+  pass->lr = h[0], pass->momentum = h[1], pass->keep = T(1) - h[2], pass->wd = h[3];
+  pass->nesterov = nesterov, pass->maximize = maximize;
+  pass->leaves.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
     auto f_in = args.get<ffi::AnyBuffer>(i);
     auto p_in = args.get<ffi::AnyBuffer>(n + i);
@@ -103,30 +134,19 @@ ffi::Error Step(ffi::Buffer<dtype> hyper, ffi::RemainingArgs args, ffi::Remainin
     if (p != p_in->untyped_data()) std::copy_n(reinterpret_cast<const T*>(p_in->untyped_data()), size, p);
     if (b != b_in->untyped_data()) std::copy_n(reinterpret_cast<const T*>(b_in->untyped_data()), size, b);
     const bool initialized = *reinterpret_cast<const bool*>(f_in->untyped_data());
-    leaves.push_back({p, reinterpret_cast<const T*>(g_in->untyped_data()), b, size, initialized});
-    *reinterpret_cast<bool*>((*f_out)->untyped_data()) = initialized || momentum != T(0);
-    total += size;
+    pass->leaves.push_back({p, reinterpret_cast<const T*>(g_in->untyped_data()), b, size, initialized});
+    *reinterpret_cast<bool*>((*f_out)->untyped_data()) = initialized || pass->momentum != T(0);
+    pass->total += size;
   }
 
-  const int64_t workers = std::max<int64_t>(
-      1, std::min<int64_t>(std::thread::hardware_concurrency(), total / (1 << 16)));
-  auto run = [&](int64_t w) {
-    // worker w takes elements [w * total / workers, (w + 1) * total / workers) of the tree
-    const int64_t lo = w * total / workers, hi = (w + 1) * total / workers;
-    int64_t offset = 0;
-    for (const Leaf<T>& leaf : leaves) {
-      const int64_t begin = std::max(lo, offset), end = std::min(hi, offset + leaf.size);
-      if (begin < end) {
-        Update(leaf, begin - offset, end - offset, lr, momentum, keep, wd, nesterov, maximize);
-      }
-      offset += leaf.size;
-      if (offset >= hi) break;
-    }
-  };
-  std::vector<std::thread> threads;
-  for (int64_t w = 1; w < workers; ++w) threads.emplace_back(run, w);
-  run(0);
-  for (auto& t : threads) t.join();
+  // Parts of at least 64K elements, four per thread (the pool's and the caller).
+  const int64_t threads = pool.num_threads() + 1;
+  pass->parts = std::max<int64_t>(1, std::min<int64_t>(4 * threads, pass->total >> 16));
+  for (int64_t i = 1; i < std::min(threads, pass->parts); ++i) {
+    pool.Schedule([pass] { pass->Run(); });
+  }
+  pass->Run();
+  while (pass->done.load(std::memory_order_acquire) < pass->parts) std::this_thread::yield();
   return ffi::Error::Success();
 }
 
@@ -135,6 +155,7 @@ ffi::Error Step(ffi::Buffer<dtype> hyper, ffi::RemainingArgs args, ffi::Remainin
 #define SGDX_HANDLER(name, dtype)                                             \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(name, Step<dtype>,                            \
                                 ffi::Ffi::Bind()                              \
+                                    .Ctx<ffi::ThreadPool>()                   \
                                     .Arg<ffi::Buffer<dtype>>()                \
                                     .RemainingArgs()                          \
                                     .RemainingRets()                          \
