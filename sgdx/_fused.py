@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -197,8 +198,9 @@ def fused_sgd(
 
     ``step(params, grads, state)`` equals ``update`` followed by :func:`sgdx.apply_updates`
     (the reference path, which it falls back to) and returns ``(params, state)``. On CPU,
-    for float32 or float64 parameters (all of one dtype) with a gradient for every leaf and
-    momentum on, it runs a native kernel: 20 bytes of memory traffic per float32 parameter,
+    for float32 or float64 parameters (all of one dtype) and momentum on, it runs a native
+    kernel over the leaves that have a gradient (a ``None`` gradient leaves its parameter and
+    buffer as they are): 20 bytes of memory traffic per float32 parameter,
     in place when the caller donates ``params`` and ``state`` (``jax.jit(..., donate_argnums
     =(0, 2))``). Derivatives of a step (``jax.grad`` with respect to the parameters or a
     hyperparameter, ``jax.jvp``) are the reference path's; ``jax.vmap`` runs the kernel once
@@ -245,33 +247,46 @@ def fused_sgd(
         kinds = [type(s) for s in state] if isinstance(state, tuple) else []
         if TraceState not in kinds or jax.default_backend() != "cpu" or jax.device_count() > 1:
             return reference(params, grads, state)
-        p_leaves, treedef = jax.tree.flatten(params)
-        g_leaves, g_treedef = jax.tree.flatten(grads, is_leaf=lambda x: x is None)
-        dtypes = {np.dtype(jnp.result_type(x)) for x in (*p_leaves, *g_leaves) if x is not None}
+        trace_at = kinds.index(TraceState)
+        trace, scale = state[trace_at], state[-1]
+        # None is a leaf in every tree, so that the leaves line up: a None gradient (a frozen
+        # parameter, or a non-array leaf as Equinox passes them) leaves its parameter, buffer
+        # and flag as they are, and only the leaves with a gradient reach the kernel.
+        g_leaves, treedef = jax.tree.flatten(grads, is_leaf=lambda x: x is None)
+        flat = [
+            jax.tree.flatten(tree, is_leaf=lambda x: x is None)
+            for tree in (params, trace.momentum_buffer, trace.initialized)
+        ]
+        if any(not _tree.same_structure(t, treedef) for _, t in flat):
+            return reference(params, grads, state)  # which names the mismatched path
+        p_leaves, b_leaves, f_leaves = (leaves for leaves, _ in flat)
+        live = [i for i, g in enumerate(g_leaves) if g is not None]
+        operands = [(p_leaves[i], g_leaves[i], b_leaves[i]) for i in live]
+        dtypes = {np.dtype(jnp.result_type(x)) for x in itertools.chain(*operands) if x is not None}
         if (
-            not _tree.same_structure(g_treedef, treedef)  # the reference path names the error
+            not live
             or any(
-                g is None or jnp.shape(g) != jnp.shape(p)
-                for g, p in zip(g_leaves, p_leaves, strict=True)
+                p is None or b is None or not jnp.shape(p) == jnp.shape(g) == jnp.shape(b)
+                for p, g, b in operands
             )
             or len(dtypes) != 1
-            or dtypes.pop() not in _TARGETS
+            or not dtypes <= _TARGETS.keys()
             or native_status() != "ok"
         ):
             return reference(params, grads, state)
-        trace_at = kinds.index(TraceState)
-        trace, scale = state[trace_at], state[-1]
-        b_leaves = jax.tree.leaves(trace.momentum_buffer)
-        flags = jax.tree.leaves(trace.initialized)
-        dtype = p_leaves[0].dtype
-        if any(b.dtype != dtype for b in b_leaves):
-            return reference(params, grads, state)
         lr = _hyperparams.learning_rate_at(learning_rate, scalar, scale.count)
+        dtype = dtypes.pop()
         hyper = jnp.stack([jnp.asarray(v, dtype) for v in (lr, momentum, dampening, weight_decay)])
-        flags, p_leaves, b_leaves = native_step(hyper, flags, p_leaves, g_leaves, b_leaves)
+        results = native_step(
+            hyper,
+            *([leaves[i] for i in live] for leaves in (f_leaves, p_leaves, g_leaves, b_leaves)),
+        )
+        for leaves, column in zip((f_leaves, p_leaves, b_leaves), results, strict=True):
+            for i, x in zip(live, column, strict=True):
+                leaves[i] = x
         new_params = jax.tree.unflatten(treedef, p_leaves)
         new_trace = TraceState(
-            jax.tree.unflatten(treedef, b_leaves), jax.tree.unflatten(treedef, flags)
+            jax.tree.unflatten(treedef, b_leaves), jax.tree.unflatten(treedef, f_leaves)
         )
         new_scale = ScaleByLearningRateState(count=_tree.safe_increment(scale.count))
         new_state = list(state)
