@@ -184,6 +184,7 @@ def test_two_conventions_follow_their_closed_forms_under_a_schedule():
 )
 def test_momentum_correction_reproduces_torch_under_a_step_schedule(kwargs, dtype):
     """With correction the Sutskever run is torch's; without it, it is not."""
+    pytest.importorskip("torch")
     problem = oracle.make_problem(8, dtype, maximize=kwargs.get("maximize", False))
     lrs = oracle.learning_rates({"lr": 0.05})
     schedule = lambda count: jnp.asarray(lrs)[count]  # noqa: E731
