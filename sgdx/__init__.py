@@ -21,6 +21,7 @@ from sgdx._groups import (
 )
 from sgdx._guard import SkipNonFiniteState, skip_nonfinite
 from sgdx._inject import InjectHyperparamsState, inject_hyperparams
+from sgdx._layout import momentum_buffers
 from sgdx._momentum import SutskeverTraceState, TraceState, sutskever_trace, trace
 from sgdx._plateau import ReduceLROnPlateauState, reduce_lr_on_plateau
 from sgdx._transforms import (
@@ -57,6 +58,7 @@ __all__ = [
     "identity",
     "inject_hyperparams",
     "maximize",
+    "momentum_buffers",
     "param_groups",
     "reduce_lr_on_plateau",
     "scale_by_learning_rate",

@@ -109,50 +109,51 @@ _LEAVES_PER_CALL = 32
 
 def _native_step(
     hyper: jax.Array,
-    flags: list[jax.Array],
+    flags: jax.Array,
     params: list[jax.Array],
     grads: list[jax.Array],
     buffers: list[jax.Array],
     *,
     nesterov: bool,
     maximize: bool,
-) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
-    """The kernel over the leaves, in place: returns the new flags, params and buffers."""
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """The kernel over the leaves, in place: returns the new params and buffers. ``flags``
+    (bool, one per leaf) tells which buffers have started."""
     target = _TARGETS[np.dtype(hyper.dtype)]
-    new_flags: list[jax.Array] = []
     new_params: list[jax.Array] = []
     new_buffers: list[jax.Array] = []
     for start in range(0, len(params), _LEAVES_PER_CALL):
-        f, p, g, b = (x[start : start + _LEAVES_PER_CALL] for x in (flags, params, grads, buffers))
+        p, g, b = (x[start : start + _LEAVES_PER_CALL] for x in (params, grads, buffers))
         n = len(p)
         call = jax.ffi.ffi_call(
             target,
-            tuple(_struct(x.shape, x.dtype) for x in (*f, *p, *b)),
-            # operands: hyper, n flags, n params, n grads, n buffers; results: flags, params,
-            # buffers, each written over its operand
+            tuple(_struct(x.shape, x.dtype) for x in (*p, *b)),
+            # operands: hyper, flags, n params, n grads, n buffers; results: params, buffers,
+            # each written over its operand
             input_output_aliases={
-                **{1 + i: i for i in range(2 * n)},
-                **{1 + 3 * n + i: 2 * n + i for i in range(n)},
+                **{2 + i: i for i in range(n)},
+                **{2 + 2 * n + i: n + i for i in range(n)},
             },
             vmap_method="sequential",
         )
-        out = call(hyper, *f, *p, *g, *b, nesterov=nesterov, maximize=maximize)
-        new_flags += out[:n]
-        new_params += out[n : 2 * n]
-        new_buffers += out[2 * n :]
-    return new_flags, new_params, new_buffers
+        out = call(
+            hyper, flags[start : start + n], *p, *g, *b, nesterov=nesterov, maximize=maximize
+        )
+        new_params += out[:n]
+        new_buffers += out[n:]
+    return new_params, new_buffers
 
 
 def _reference_leaves(
     hyper: jax.Array,
-    flags: list[jax.Array],
+    flags: jax.Array,
     params: list[jax.Array],
     grads: list[jax.Array],
     buffers: list[jax.Array],
     *,
     nesterov: bool,
     maximize: bool,
-) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
+) -> tuple[list[jax.Array], list[jax.Array]]:
     """:func:`_native_step` in pure JAX: :func:`sgdx.sgd` with the hyperparameters held in
     ``hyper``, on the same operands. Its derivatives are the native step's."""
     learning_rate, momentum, dampening, weight_decay = hyper
@@ -162,7 +163,7 @@ def _reference_leaves(
     )
     updates, state = tx.update(grads, state, params)
     trace = next(s for s in state if isinstance(s, TraceState))
-    return trace.initialized, apply_updates(params, updates), trace.momentum_buffer
+    return apply_updates(params, updates), trace.momentum_buffer
 
 
 def _differentiable_native_step(nesterov: bool, maximize: bool) -> Any:
@@ -255,11 +256,12 @@ def fused_sgd(
         g_leaves, treedef = jax.tree.flatten(grads, is_leaf=lambda x: x is None)
         flat = [
             jax.tree.flatten(tree, is_leaf=lambda x: x is None)
-            for tree in (params, trace.momentum_buffer, trace.initialized)
+            for tree in (params, trace.momentum_buffer)
         ]
         if any(not _tree.same_structure(t, treedef) for _, t in flat):
             return reference(params, grads, state)  # which names the mismatched path
-        p_leaves, b_leaves, f_leaves = (leaves for leaves, _ in flat)
+        p_leaves, b_leaves = (leaves for leaves, _ in flat)
+        flag_at = list(itertools.accumulate(b is not None for b in b_leaves))  # 1-based
         live = [i for i, g in enumerate(g_leaves) if g is not None]
         operands = [(p_leaves[i], g_leaves[i], b_leaves[i]) for i in live]
         dtypes = {np.dtype(jnp.result_type(x)) for x in itertools.chain(*operands) if x is not None}
@@ -269,6 +271,7 @@ def fused_sgd(
                 p is None or b is None or not jnp.shape(p) == jnp.shape(g) == jnp.shape(b)
                 for p, g, b in operands
             )
+            or jnp.shape(trace.initialized) != (flag_at[-1],)
             or len(dtypes) != 1
             or not dtypes <= _TARGETS.keys()
             or native_status() != "ok"
@@ -277,20 +280,23 @@ def fused_sgd(
         lr = _hyperparams.learning_rate_at(learning_rate, scalar, scale.count)
         dtype = dtypes.pop()
         hyper = jnp.stack([jnp.asarray(v, dtype) for v in (lr, momentum, dampening, weight_decay)])
-        results = native_step(
+        at = np.array([flag_at[i] - 1 for i in live])
+        new_p, new_b = native_step(
             hyper,
-            *([leaves[i] for i in live] for leaves in (f_leaves, p_leaves, g_leaves, b_leaves)),
+            trace.initialized[at],
+            *([leaves[i] for i in live] for leaves in (p_leaves, g_leaves, b_leaves)),
         )
-        for leaves, column in zip((f_leaves, p_leaves, b_leaves), results, strict=True):
-            for i, x in zip(live, column, strict=True):
-                leaves[i] = x
-        new_params = jax.tree.unflatten(treedef, p_leaves)
+        for i, p, b in zip(live, new_p, new_b, strict=True):
+            p_leaves[i], b_leaves[i] = p, b
+        started = np.zeros(trace.initialized.shape, np.bool_)
+        started[at] = True
         new_trace = TraceState(
-            jax.tree.unflatten(treedef, b_leaves), jax.tree.unflatten(treedef, f_leaves)
+            jax.tree.unflatten(treedef, b_leaves),
+            trace.initialized | (jnp.asarray(started) & (momentum != 0)),
         )
         new_scale = ScaleByLearningRateState(count=_tree.safe_increment(scale.count))
         new_state = list(state)
         new_state[trace_at], new_state[-1] = new_trace, new_scale
-        return new_params, tuple(new_state)
+        return jax.tree.unflatten(treedef, p_leaves), tuple(new_state)
 
     return FusedSGD(tx.init, tx.update, step)

@@ -12,6 +12,11 @@ from jax.typing import ArrayLike
 from sgdx._base import ScalarOrSchedule
 
 
+def default_float() -> np.dtype:
+    """JAX's default float dtype: float64 with x64 on, float32 otherwise."""
+    return np.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
 def concrete(value: ArrayLike) -> float | None:
     """The Python number held by ``value``, or ``None`` when it is a tracer."""
     if isinstance(value, jax.core.Tracer):

@@ -16,11 +16,10 @@ from sgdx._base import GradientTransformation, Params, PyTree, ScalarOrSchedule,
 
 def _zeros_and_flags(
     params: Params, accumulator_dtype: DTypeLike | None, who: str
-) -> tuple[PyTree, PyTree]:
+) -> tuple[PyTree, jax.Array]:
     _tree.check_inexact(params, who)
     buffers = jax.tree.map(lambda p: _tree.zeros_like(p, accumulator_dtype), params)
-    flags = jax.tree.map(lambda _: jnp.asarray(np.False_), params)
-    return buffers, flags
+    return buffers, jax.device_put(np.zeros(len(jax.tree.leaves(buffers)), np.bool_))
 
 
 class TraceState(NamedTuple):
@@ -28,8 +27,11 @@ class TraceState(NamedTuple):
 
     momentum_buffer: PyTree
     """One buffer per parameter, in the parameter's dtype or ``accumulator_dtype``."""
-    initialized: PyTree
-    """One boolean scalar per parameter: has its buffer received a gradient yet?"""
+    initialized: jax.Array
+    """Boolean, shape ``(number of buffers,)``, in ``jax.tree.leaves(momentum_buffer)`` order:
+    has that buffer received a gradient yet? One array, not a tree of scalars, so that
+    sharding recipes that give every parameter-shaped tree the parameters' shardings
+    (``optax.tree.map_params``) leave it replicated."""
 
 
 def trace(
@@ -115,15 +117,16 @@ def trace(
     ) -> tuple[Updates, TraceState]:
         del params, extra_args
         _tree.check_state(state, TraceState, "trace")
+        flags = _tree.per_leaf(state.initialized, state.momentum_buffer, "momentum flags")
         updates, buffers, flags = _tree.map_updates(
             leaf,
             updates,
             state.momentum_buffer,
-            state.initialized,
+            flags,
             names=("momentum buffers", "momentum flags"),
             same_shape_as=0,
         )
-        return updates, TraceState(momentum_buffer=buffers, initialized=flags)
+        return updates, TraceState(buffers, _tree.stack(flags, jnp.bool_))
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -215,7 +218,7 @@ def sutskever_trace(
 
     def init_fn(params: Params) -> SutskeverTraceState:
         velocity, flags = _zeros_and_flags(params, accumulator_dtype, "sutskever_trace")
-        last_lr = jax.tree.map(lambda v: jnp.zeros((), v.dtype), velocity)
+        last_lr = jax.device_put(np.zeros(flags.shape, _hyperparams.default_float()))
         return SutskeverTraceState(velocity, flags, last_lr, count=jnp.zeros((), jnp.int32))
 
     def update_fn(
@@ -234,6 +237,7 @@ def sutskever_trace(
             acc = _tree.match_sharding(g.astype(v.dtype), v)
             lr = _hyperparams.cast(lr_t, v)
             mu = _hyperparams.cast(momentum, v)
+            last_lr = last_lr.astype(v.dtype)
             carried = v
             if momentum_correction:
                 has_last = last_lr != 0
@@ -253,13 +257,16 @@ def sutskever_trace(
             leaf,
             updates,
             state.velocity,
-            state.initialized,
-            state.learning_rate,
+            _tree.per_leaf(state.initialized, state.velocity, "momentum flags"),
+            _tree.per_leaf(state.learning_rate, state.velocity, "learning rates"),
             names=("velocities", "momentum flags", "learning rates"),
             same_shape_as=0,
         )
         return updates, SutskeverTraceState(
-            velocity, flags, last_lr, _tree.safe_increment(state.count)
+            velocity,
+            _tree.stack(flags, jnp.bool_),
+            _tree.stack(jax.tree.map(jnp.real, last_lr), state.learning_rate.dtype),
+            _tree.safe_increment(state.count),
         )
 
     return GradientTransformation(init_fn, update_fn)

@@ -93,13 +93,44 @@ def map_updates(
                     "gradient must have its parameter's shape."
                 )
         rows.append(fn(u, *leaves))
+    if not rows:  # an empty tree: every output is the empty tree
+        return tuple(jax.tree.unflatten(treedef, []) for _ in range(1 + len(trees)))
     return tuple(jax.tree.unflatten(treedef, column) for column in zip(*rows, strict=True))
+
+
+def per_leaf(vector: jax.Array, tree: PyTree, name: str) -> PyTree:
+    """``vector[k]`` at the ``k``-th leaf of ``tree`` (``None`` leaves stay ``None``).
+
+    The state layout of per-parameter scalars (the momentum transforms' first-update flags
+    and last learning rates): one 1-D array over ``jax.tree.leaves(tree)``, not a tree of
+    0-d arrays, so that a recipe giving every parameter-shaped tree of a state the
+    parameters' shardings (``optax.tree.map_params``) leaves it alone. :func:`stack` is the
+    inverse. Raises a ``ValueError`` when the lengths differ.
+    """
+    leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_none)
+    present = [leaf for leaf in leaves if leaf is not None]
+    if jnp.shape(vector) != (len(present),):
+        raise ValueError(
+            f"The state's {name} have shape {jnp.shape(vector)}, expected ({len(present)},): "
+            "one per parameter. Was this state made for other parameters? Build it with "
+            "this optimizer's init(params)."
+        )
+    scalars = iter(vector[k] for k in range(len(present)))
+    return jax.tree.unflatten(treedef, [None if x is None else next(scalars) for x in leaves])
+
+
+def stack(tree: PyTree, dtype: Any) -> jax.Array:
+    """The 0-d leaves of ``tree`` (``None`` skipped) as one 1-D array of ``dtype``."""
+    leaves = [jnp.asarray(x).astype(dtype) for x in jax.tree.leaves(tree)]
+    return jnp.stack(leaves) if leaves else jnp.zeros((0,), dtype)
 
 
 def check_inexact(params: PyTree, who: str) -> None:
     """Raises a ``TypeError`` naming the first parameter that is not floating or complex."""
     for path, p in tree_flatten_with_path(params)[0]:
         dtype = getattr(p, "dtype", None)
+        if dtype is None and isinstance(p, float | complex):  # a Python scalar, as optax takes
+            dtype = jnp.result_type(p)
         if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
                 f"{who}: the parameter at {keystr(path)} has dtype {dtype}; SGD updates "

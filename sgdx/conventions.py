@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgdx import _hyperparams
+from sgdx import _hyperparams, _tree
 from sgdx._alias import sgd
 from sgdx._base import OptState, Params, ScalarOrSchedule, apply_updates
 from sgdx._momentum import SutskeverTraceState, TraceState
@@ -77,13 +77,16 @@ def pytorch_to_sutskever(state: OptState, learning_rate: ScalarOrSchedule) -> Op
         return jnp.where(initialized, -_hyperparams.cast(lr, buf) * buf, 0).astype(buf.dtype)
 
     def scale(buf: jax.Array, initialized: jax.Array) -> jax.Array:
-        return jnp.where(initialized, _hyperparams.cast(lr, buf), 0).astype(buf.dtype)
+        return jnp.real(jnp.where(initialized, _hyperparams.cast(lr, buf), 0))
 
-    buffers, flags = trace_state.momentum_buffer, trace_state.initialized
+    buffers = trace_state.momentum_buffer
+    flags = _tree.per_leaf(trace_state.initialized, buffers, "momentum flags")
     converted = SutskeverTraceState(
         velocity=jax.tree.map(velocity, buffers, flags),
-        initialized=flags,
-        learning_rate=jax.tree.map(scale, buffers, flags),
+        initialized=trace_state.initialized,
+        learning_rate=_tree.stack(
+            jax.tree.map(scale, buffers, flags), _hyperparams.default_float()
+        ),
         count=scale_state.count,
     )
     return (*parts[:i], converted, *parts[i + 2 :])
@@ -111,13 +114,8 @@ def sutskever_to_pytorch(state: OptState) -> OptState:
     parts = list(_states(state))
     for i, inner in enumerate(parts):
         if isinstance(inner, SutskeverTraceState):
-            started_at_zero = jax.tree.map(
-                lambda flag, lr: flag & (lr == 0), inner.initialized, inner.learning_rate
-            )
-            if any(
-                not isinstance(x, jax.core.Tracer) and bool(x)
-                for x in jax.tree.leaves(started_at_zero)
-            ):
+            started_at_zero = inner.initialized & (inner.learning_rate == 0)
+            if not isinstance(started_at_zero, jax.core.Tracer) and bool(started_at_zero.any()):
                 raise ValueError(
                     "sutskever_to_pytorch: a velocity was last updated with learning rate 0, "
                     "so v = -lr * buf holds no trace of the buffer; convert at a step with a "
@@ -125,11 +123,15 @@ def sutskever_to_pytorch(state: OptState) -> OptState:
                 )
 
             def buffer(v: jax.Array, flag: jax.Array, lr: jax.Array) -> jax.Array:
+                lr = lr.astype(v.dtype)
                 return jnp.where(flag, -v / jnp.where(flag, lr, 1), 0).astype(v.dtype)
 
             trace_state = TraceState(
                 momentum_buffer=jax.tree.map(
-                    buffer, inner.velocity, inner.initialized, inner.learning_rate
+                    buffer,
+                    inner.velocity,
+                    _tree.per_leaf(inner.initialized, inner.velocity, "momentum flags"),
+                    _tree.per_leaf(inner.learning_rate, inner.velocity, "learning rates"),
                 ),
                 initialized=inner.initialized,
             )

@@ -118,14 +118,16 @@ def sgdx_optimizer(kwargs: dict[str, Any], lrs: Sequence[float], **extra: Any):
 def momentum_buffers(state: Any) -> dict[str, np.ndarray]:
     """The PyTorch-convention momentum buffers inside an sgdx chain state, NaN where torch
     has none (no momentum in the chain, or a buffer that has not had a gradient yet)."""
-    for inner in state:
-        if isinstance(inner, sgdx.TraceState):
-            return jax.tree.map(
-                lambda b, flag: np.asarray(b) if flag else np.full(b.shape, np.nan, b.dtype),
-                inner.momentum_buffer,
-                inner.initialized,
-            )
-    return {}
+    trace = next((inner for inner in state if isinstance(inner, sgdx.TraceState)), None)
+    if trace is None:
+        return {}
+    started = iter(sgdx.momentum_buffers(state).values())  # in leaf order
+
+    def buffer(b: jax.Array) -> np.ndarray:
+        ours = next(started)
+        return np.full(b.shape, np.nan, b.dtype) if ours is None else np.asarray(ours)
+
+    return jax.tree.map(buffer, trace.momentum_buffer)
 
 
 def run_sgdx(

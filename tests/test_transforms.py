@@ -57,7 +57,7 @@ def test_trace_first_step_copies_gradient_then_dampens():
     # then 0.9 * 3.8 + 0.5 * 0 = 3.42
     updates, state = run(sgdx.trace(0.9, dampening=0.5), [2.0, 4.0, 0.0])
     np.testing.assert_allclose(updates, [2.0, 3.8, 3.42], rtol=1e-15)
-    assert bool(state.initialized)
+    assert state.initialized.tolist() == [True]
 
 
 def test_trace_nesterov():
@@ -70,7 +70,7 @@ def test_traced_zero_momentum_is_torch_no_momentum():
     # torch skips the momentum branch for momentum == 0: no dampening, no buffer
     updates, state = run(sgdx.trace(jnp.asarray(0.0), dampening=0.5), [2.0, 4.0])
     assert updates == [2.0, 4.0]
-    assert not bool(state.initialized)
+    assert state.initialized.tolist() == [False]
 
 
 def test_sgd_maximize_with_weight_decay():

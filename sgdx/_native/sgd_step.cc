@@ -6,10 +6,10 @@
 //   b = initialized ? momentum * b + (1 - dampening) * g : g   (momentum != 0)
 //   g = nesterov ? g + momentum * b : b                        (momentum != 0)
 //   p = p + (-lr) * g
-// Inputs: hyper = [lr, momentum, dampening, weight_decay] (leaf dtype), then n flags (a bool
-// per leaf: has a buffer), n params, n grads, n buffers. Outputs (aliased to the inputs): n
-// flags, n params, n buffers. Every leaf is an operand of its own, so that XLA emits no code
-// around the call. The tree is cut into parts by element count, which XLA's intra-op threads
+// Inputs: hyper = [lr, momentum, dampening, weight_decay] (leaf dtype), flags (bool[n]: has
+// leaf i's buffer started), then n params, n grads, n buffers. Outputs (aliased to the
+// inputs): n params, n buffers. Every leaf is an operand of its own, so that XLA emits no
+// code around the call. The tree is cut into parts by element count, which XLA's intra-op threads
 // and the calling thread share (no thread is started per call).
 #include <algorithm>
 #include <atomic>
@@ -103,28 +103,28 @@ struct Pass {
 };
 
 template <ffi::DataType dtype>
-ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::RemainingArgs args,
-                ffi::RemainingRets rets, bool nesterov, bool maximize) {
+ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi::PRED> flags,
+                ffi::RemainingArgs args, ffi::RemainingRets rets, bool nesterov, bool maximize) {
   using T = ffi::NativeType<dtype>;
-  const int64_t n = static_cast<int64_t>(args.size()) / 4;
-  if (static_cast<int64_t>(args.size()) != 4 * n || static_cast<int64_t>(rets.size()) != 3 * n) {
+  const int64_t n = static_cast<int64_t>(args.size()) / 3;
+  if (static_cast<int64_t>(args.size()) != 3 * n || static_cast<int64_t>(rets.size()) != 2 * n ||
+      static_cast<int64_t>(flags.element_count()) != n) {
     return ffi::Error::InvalidArgument("sgdx_sgd_step: expected n flags, params, grads, buffers");
   }
   const T* h = hyper.typed_data();
+  const bool* initialized = flags.typed_data();
   auto pass = std::make_shared<Pass<T>>();
   pass->lr = h[0], pass->momentum = h[1], pass->keep = T(1) - h[2], pass->wd = h[3];
   pass->nesterov = nesterov, pass->maximize = maximize;
   pass->leaves.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
-    auto f_in = args.get<ffi::AnyBuffer>(i);
-    auto p_in = args.get<ffi::AnyBuffer>(n + i);
-    auto g_in = args.get<ffi::AnyBuffer>(2 * n + i);
-    auto b_in = args.get<ffi::AnyBuffer>(3 * n + i);
-    auto f_out = rets.get<ffi::AnyBuffer>(i);
-    auto p_out = rets.get<ffi::AnyBuffer>(n + i);
-    auto b_out = rets.get<ffi::AnyBuffer>(2 * n + i);
-    if (!f_in.has_value() || !p_in.has_value() || !g_in.has_value() || !b_in.has_value() ||
-        !f_out.has_value() || !p_out.has_value() || !b_out.has_value()) {
+    auto p_in = args.get<ffi::AnyBuffer>(i);
+    auto g_in = args.get<ffi::AnyBuffer>(n + i);
+    auto b_in = args.get<ffi::AnyBuffer>(2 * n + i);
+    auto p_out = rets.get<ffi::AnyBuffer>(i);
+    auto b_out = rets.get<ffi::AnyBuffer>(n + i);
+    if (!p_in.has_value() || !g_in.has_value() || !b_in.has_value() || !p_out.has_value() ||
+        !b_out.has_value()) {
       return ffi::Error::InvalidArgument("sgdx_sgd_step: bad buffer");
     }
     T* p = reinterpret_cast<T*>((*p_out)->untyped_data());
@@ -133,9 +133,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::RemainingAr
     // The outputs alias the inputs when the caller donates them; copy when it does not.
     if (p != p_in->untyped_data()) std::copy_n(reinterpret_cast<const T*>(p_in->untyped_data()), size, p);
     if (b != b_in->untyped_data()) std::copy_n(reinterpret_cast<const T*>(b_in->untyped_data()), size, b);
-    const bool initialized = *reinterpret_cast<const bool*>(f_in->untyped_data());
-    pass->leaves.push_back({p, reinterpret_cast<const T*>(g_in->untyped_data()), b, size, initialized});
-    *reinterpret_cast<bool*>((*f_out)->untyped_data()) = initialized || pass->momentum != T(0);
+    pass->leaves.push_back({p, reinterpret_cast<const T*>(g_in->untyped_data()), b, size, initialized[i]});
     pass->total += size;
   }
 
@@ -157,6 +155,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::RemainingAr
                                 ffi::Ffi::Bind()                              \
                                     .Ctx<ffi::ThreadPool>()                   \
                                     .Arg<ffi::Buffer<dtype>>()                \
+                                    .Arg<ffi::Buffer<ffi::PRED>>()            \
                                     .RemainingArgs()                          \
                                     .RemainingRets()                          \
                                     .Attr<bool>("nesterov")                   \

@@ -204,7 +204,10 @@ def load_state_dict(
         buffer_leaves, treedef = jax.tree.flatten(
             trace.momentum_buffer, is_leaf=lambda x: x is None
         )
-        flag_leaves = jax.tree.leaves(trace.initialized, is_leaf=lambda x: x is None)
+        flag_leaves = jax.tree.leaves(
+            _tree.per_leaf(trace.initialized, trace.momentum_buffer, "momentum flags"),
+            is_leaf=lambda x: x is None,
+        )
         for k in torch_group["params"]:
             leaf = positions[k]
             entry = buffers.get(k, {}).get("momentum_buffer")
@@ -221,7 +224,8 @@ def load_state_dict(
             buffer_leaves[leaf] = jnp.asarray(value, buffer_leaves[leaf].dtype)
             flag_leaves[leaf] = jnp.ones((), jnp.bool_)
         new_trace = TraceState(
-            jax.tree.unflatten(treedef, buffer_leaves), jax.tree.unflatten(treedef, flag_leaves)
+            jax.tree.unflatten(treedef, buffer_leaves),
+            _tree.stack(jax.tree.unflatten(treedef, flag_leaves), jnp.bool_),
         )
         hyperparams = {
             ours: jnp.asarray(float(torch_group[theirs]), group.hyperparams[ours].dtype)
@@ -285,7 +289,10 @@ def state_dict(
         members = sorted((rank[j] for j, m in enumerate(_members(group)) if m))
         _, trace = _trace(group)
         buffers = jax.tree.leaves(trace.momentum_buffer, is_leaf=lambda x: x is None)
-        flags = jax.tree.leaves(trace.initialized, is_leaf=lambda x: x is None)
+        flags = jax.tree.leaves(
+            _tree.per_leaf(trace.initialized, trace.momentum_buffer, "momentum flags"),
+            is_leaf=lambda x: x is None,
+        )
         entry: dict[str, Any] = {
             theirs: float(group.hyperparams[ours]) for theirs, ours in HYPERPARAMETERS.items()
         }
