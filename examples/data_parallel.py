@@ -49,6 +49,6 @@ for _ in range(100):
     # Simulated CPU devices share the host's few threads: many steps in flight at once can
     # starve an all-reduce. On real accelerators drop this and let dispatch run ahead.
     jax.block_until_ready(params)
-buffer = state[0].momentum_buffer["w"]
+buffer = sgdx.momentum_buffers(state)["w"]
 print("loss", float(loss(params, x, y)))
 print("buffer shard on each device:", buffer.addressable_shards[0].data.shape, "of", buffer.shape)

@@ -14,15 +14,11 @@ Convention = Literal["pytorch", "sutskever"]
 _CONVENTIONS = ("pytorch", "sutskever")
 
 
-def _is_python_zero(value: ArrayLike) -> bool:
-    return isinstance(value, int | float) and value == 0
-
-
 def sgd(
     learning_rate: ScalarOrSchedule,
-    momentum: ArrayLike = 0.0,
+    momentum: ArrayLike | None = None,
     dampening: ArrayLike = 0.0,
-    weight_decay: ArrayLike = 0.0,
+    weight_decay: ArrayLike | None = None,
     nesterov: bool = False,
     *,
     maximize: bool = False,
@@ -54,17 +50,28 @@ def sgd(
     :func:`add_decoupled_weight_decay`).
 
     A ``None`` gradient leaf skips its parameter for the step (parameter and buffer
-    unchanged). Structure is decided at construction: a Python ``0`` momentum keeps no
-    buffer and a Python ``0`` weight decay needs no ``params``, as in torch; a value given
-    as an array is always traced, so it can be changed or differentiated without
-    rebuilding, and ``0`` still behaves as torch's ``0``.
+    unchanged). Structure is decided at construction: momentum or weight decay given as
+    ``None`` (the default, optax's spelling) or a Python ``0`` (torch's) is off, so there is
+    no buffer and ``update`` needs no ``params``, as in torch; a value given as an array is
+    always traced, so it can be changed or differentiated without rebuilding, and ``0``
+    still behaves as torch's ``0``.
+
+    The state is the tuple of the chained transforms' states, in this order: an
+    :class:`~sgdx.EmptyState` for ``maximize`` (only when it is on), an
+    :class:`~sgdx.EmptyState` for coupled weight decay (always, so that the structure does
+    not depend on how the decay was spelled), the momentum state (:class:`~sgdx.TraceState`,
+    or :class:`~sgdx.SutskeverTraceState` for ``convention="sutskever"``; only when momentum
+    is on), a :class:`~sgdx.ScaleByLearningRateState` (PyTorch convention, or no
+    momentum), and with ``decoupled_weight_decay`` the decay's
+    :class:`~sgdx.ScaleByLearningRateState` last.
 
     Args:
       learning_rate: :math:`\eta \ge 0`: a float, a scalar array, or a schedule
         ``count -> lr`` where ``count`` is the number of updates already applied.
-      momentum: :math:`\mu \ge 0`.
+      momentum: :math:`\mu \ge 0`; ``None`` or ``0``: no momentum.
       dampening: :math:`\tau`, applied from a parameter's second update on.
-      weight_decay: :math:`\lambda \ge 0`, coupled L2 (added to the gradient).
+      weight_decay: :math:`\lambda \ge 0`, coupled L2 (added to the gradient); ``None``
+        or ``0``: no weight decay.
       nesterov: Nesterov momentum; needs :math:`\mu > 0` and :math:`\tau = 0`.
       maximize: ascend instead of descend.
       convention: ``"pytorch"`` (the learning rate scales the step) or ``"sutskever"`` (the
@@ -82,6 +89,9 @@ def sgd(
       decay is on.
 
     Raises:
+      TypeError: for a hyperparameter that is not a real number (a bool in a numeric
+        position: the positional order is torch's, pass ``nesterov=True`` by keyword), or a
+        flag that is not a bool.
       ValueError: with torch's messages, ``Invalid learning rate: {lr}``, ``Invalid momentum
         value: {momentum}``, ``Invalid weight_decay value: {weight_decay}``, ``Nesterov
         momentum requires a momentum and zero dampening``; and for an unknown
@@ -107,12 +117,22 @@ def sgd(
             "is torch.optim.SGD's p -= lr * buf; 'sutskever' is Keras's v = m*v - lr*g; p += v."
         )
     _hyperparams.check_learning_rate(learning_rate)
-    _hyperparams.check_hyperparameter(momentum, "momentum")
+    _hyperparams.check_switch(momentum, "momentum")
     _hyperparams.check_hyperparameter(dampening, "dampening")
-    _hyperparams.check_hyperparameter(weight_decay, "weight_decay")
+    _hyperparams.check_switch(weight_decay, "weight_decay")
+    for flag, name in (
+        (nesterov, "nesterov"),
+        (maximize, "maximize"),
+        (decoupled_weight_decay, "decoupled_weight_decay"),
+        (momentum_correction, "momentum_correction"),
+    ):
+        _hyperparams.check_flag(flag, name)
+    momentum_on = momentum is not None and not _hyperparams.is_off(momentum)
+    mu: ArrayLike = 0.0 if momentum is None else momentum
     if nesterov:
-        mu, tau = _hyperparams.concrete(momentum), _hyperparams.concrete(dampening)
-        if (mu is not None and mu <= 0) or (tau is not None and tau != 0):
+        mu_value = _hyperparams.concrete(mu)
+        tau = _hyperparams.concrete(dampening)
+        if (mu_value is not None and mu_value <= 0) or (tau is not None and tau != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     if momentum_correction and convention != "sutskever":
@@ -121,19 +141,19 @@ def sgd(
             "holds no learning rate, so its trajectory needs no correction."
         )
 
-    decay = not _is_python_zero(weight_decay)
+    decay = 0.0 if weight_decay is None else weight_decay
     transforms = []
     if maximize:
         transforms.append(_transforms.maximize())
-    if decay and not decoupled_weight_decay:
-        transforms.append(_transforms.add_decayed_weights(weight_decay))
-    if _is_python_zero(momentum):
+    if not decoupled_weight_decay:
+        transforms.append(_transforms.add_decayed_weights(decay))
+    if not momentum_on:
         transforms.append(_transforms.scale_by_learning_rate(learning_rate))
     elif convention == "sutskever":
         transforms.append(
             sutskever_trace(
                 learning_rate,
-                momentum,
+                mu,
                 dampening=dampening,
                 nesterov=nesterov,
                 momentum_correction=momentum_correction,
@@ -143,13 +163,13 @@ def sgd(
     else:
         transforms.append(
             trace(
-                momentum,
+                mu,
                 dampening=dampening,
                 nesterov=nesterov,
                 accumulator_dtype=accumulator_dtype,
             )
         )
         transforms.append(_transforms.scale_by_learning_rate(learning_rate))
-    if decay and decoupled_weight_decay:
-        transforms.append(_transforms.add_decoupled_weight_decay(weight_decay, learning_rate))
+    if decoupled_weight_decay:
+        transforms.append(_transforms.add_decoupled_weight_decay(decay, learning_rate))
     return chain(*transforms)

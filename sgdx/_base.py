@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -32,21 +32,50 @@ class TransformUpdateFn(Protocol):
     ) -> tuple[Updates, OptState]: ...
 
 
-class GradientTransformation(NamedTuple):
-    """A pure gradient transformation: a pair of ``init`` and ``update`` functions.
+_DOC = """A pure gradient transformation: a pair of ``init`` and ``update`` functions.
 
     ``init(params) -> state`` builds the whole state, every leaf with its final shape and
     dtype. ``update(updates, state, params=None, **extra_args) -> (updates, new_state)``
     maps incoming updates (gradients, at the start of a chain) to outgoing updates, the
     *deltas* that :func:`apply_updates` adds to the parameters. ``None`` leaves in
     ``updates`` mark parameters without a gradient in this step; they pass through.
+    Keyword ``extra_args`` (a metric for :func:`reduce_lr_on_plateau`, ...) reach every
+    transform that takes them.
 
-    The layout is the same as ``optax.GradientTransformation``: sgdx transforms work
-    inside ``optax.chain`` and optax transforms work inside :func:`sgdx.chain`.
+    When optax is installed this class is a subclass of
+    ``optax.GradientTransformationExtraArgs`` (optax is then imported with sgdx), so optax's
+    combinators (``optax.chain``, ``MultiSteps``, ``inject_hyperparams``, ...) treat sgdx
+    transforms as their own, extra arguments included; without optax it is a plain
+    ``NamedTuple`` with the same two fields. Either way optax transforms go inside
+    :func:`sgdx.chain` too.
     """
 
-    init: TransformInitFn
-    update: TransformUpdateFn
+
+try:  # optax is optional: with it, its combinators must recognise sgdx transforms
+    from optax import GradientTransformationExtraArgs as _OptaxExtraArgs
+except ImportError:  # pragma: no cover - the library's own tests run both ways
+    _OptaxExtraArgs = None
+
+if TYPE_CHECKING or _OptaxExtraArgs is None:
+
+    class GradientTransformation(NamedTuple):
+        init: TransformInitFn
+        update: TransformUpdateFn
+
+    _ACCEPTS_EXTRA_ARGS: tuple[type, ...] = (GradientTransformation,)
+else:
+
+    class GradientTransformation(_OptaxExtraArgs):
+        __slots__ = ()
+
+    _ACCEPTS_EXTRA_ARGS = (_OptaxExtraArgs,)
+GradientTransformation.__doc__ = _DOC
+
+
+def accepts_extra_args(transform: Any) -> bool:
+    """Whether ``transform.update`` takes keyword extra arguments (as ``optax.chain`` decides:
+    an sgdx transform or an ``optax.GradientTransformationExtraArgs`` does)."""
+    return isinstance(transform, _ACCEPTS_EXTRA_ARGS)
 
 
 class EmptyState(NamedTuple):
@@ -85,8 +114,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Applies transforms one after the other; the state is the tuple of their states.
 
     ``update`` feeds each transform the previous one's output updates, and the same
-    ``params``. Keyword ``extra_args`` are forwarded only when given, so optax
-    transforms that take none can be chained too.
+    ``params``. Keyword ``extra_args`` go to the transforms that take them (sgdx's and
+    ``optax.GradientTransformationExtraArgs``), not to plain optax transforms, as under
+    ``optax.chain``.
 
     Args:
       *transforms: the transforms to apply, first to last.
@@ -122,7 +152,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             )
         new_states = []
         for transform, inner in zip(transforms, state, strict=True):
-            updates, inner = transform.update(updates, inner, params, **extra_args)
+            extra = extra_args if accepts_extra_args(transform) else {}
+            updates, inner = transform.update(updates, inner, params, **extra)
             new_states.append(inner)
         return updates, tuple(new_states)
 

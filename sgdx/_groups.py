@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path
 
 from sgdx import _hyperparams, _tree
@@ -24,6 +25,19 @@ class ParamGroupsState(NamedTuple):
 
     groups: dict[str, InjectHyperparamsState]
     """Keyed by group label; frozen groups (configured ``None``) have no entry."""
+    membership: jax.Array
+    """int32, one per parameter in ``jax.tree.leaves(params)`` order: the position of its
+    group in ``sorted(groups)``, or -1 for a frozen parameter. Which parameters a group
+    owns, read off the state whatever it holds (a group without momentum keeps no
+    per-parameter arrays); what torch's ``param_groups[i]["params"]`` records."""
+
+
+def membership(state: ParamGroupsState) -> dict[str, list[int]]:
+    """For each group label of ``state``, the positions (in ``jax.tree.leaves(params)``
+    order) of the parameters it optimizes."""
+    labels = sorted(state.groups)
+    owners = np.asarray(state.membership).tolist()
+    return {label: [i for i, g in enumerate(owners) if g == k] for k, label in enumerate(labels)}
 
 
 def _labels(labels: PyTree | Callable[[Params], PyTree], params: Params) -> list[str]:
@@ -127,8 +141,11 @@ def param_groups(
 
     def init_fn(params: Params) -> ParamGroupsState:
         leaves = check_labels(params)
+        position = {label: k for k, label in enumerate(sorted(optimizers))}
+        owners = np.array([position.get(label, -1) for label in leaves], np.int32)
         return ParamGroupsState(
-            {label: tx.init(_mask(params, leaves, label)) for label, tx in optimizers.items()}
+            {label: tx.init(_mask(params, leaves, label)) for label, tx in optimizers.items()},
+            jax.device_put(owners),
         )
 
     def update_fn(
@@ -153,7 +170,7 @@ def param_groups(
             for i, u in enumerate(jax.tree.leaves(group_updates, is_leaf=lambda x: x is None)):
                 if leaves[i] == label:
                     merged[i] = u
-        return jax.tree.unflatten(treedef, merged), ParamGroupsState(new_states)
+        return jax.tree.unflatten(treedef, merged), ParamGroupsState(new_states, state.membership)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -173,23 +190,21 @@ def add_param_groups(
     """
     _tree.check_state(state, ParamGroupsState, "add_param_groups")
     fresh = tx.init(params)
+    old_members, new_members = membership(state), membership(fresh)
     for label, old in state.groups.items():
         if label not in fresh.groups:
             raise ValueError(
                 f"add_param_groups: group {label!r} is in the state but not in the new "
                 f"optimizer (groups {sorted(fresh.groups)}); torch cannot remove a group either."
             )
-        if not _tree.same_structure(
+        if old_members[label] != new_members[label] or not _tree.same_structure(
             jax.tree.structure(old), jax.tree.structure(fresh.groups[label])
-        ) or any(
-            a.shape != b.shape
-            for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(fresh.groups[label]), strict=True)
         ):
             raise ValueError(
                 f"add_param_groups: group {label!r} covers different parameters in the new "
                 "optimizer; existing groups must keep their parameters."
             )
-    return ParamGroupsState({**fresh.groups, **state.groups})
+    return ParamGroupsState({**fresh.groups, **state.groups}, fresh.membership)
 
 
 def _group_state(
@@ -249,5 +264,5 @@ def set_hyperparams(
         hyperparams[name] = jax.numpy.asarray(value, hyperparams[name].dtype)
     updated = inner._replace(hyperparams=hyperparams)
     if isinstance(state, ParamGroupsState):
-        return ParamGroupsState({**state.groups, group: updated})  # type: ignore[dict-item]
+        return state._replace(groups={**state.groups, group: updated})  # type: ignore[dict-item]
     return updated

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,15 +38,53 @@ NEGATIVE_MESSAGES = {
 }
 
 
-def check_hyperparameter(value: ArrayLike, name: str) -> None:
-    """Checks that ``value`` is a real scalar and, for the names in ``NEGATIVE_MESSAGES``,
-    not concretely negative (raising torch's message).
+def is_off(value: Any) -> bool:
+    """Whether a switch hyperparameter (momentum, weight decay) turns its part off by
+    construction: ``None`` (optax's spelling) or a Python ``0`` (torch's). An array, even a
+    zero one, is traced: its part stays in the computation and may become non-zero."""
+    return value is None or (
+        isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+    )
 
-    ``NaN`` passes, as it does in ``torch.optim.SGD``.
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def check_hyperparameter(value: Any, name: str) -> None:
+    """Checks that ``value`` is a real scalar (a Python number or a 0-d real array, concrete or
+    traced) and, for the names in ``NEGATIVE_MESSAGES``, not concretely negative (raising
+    torch's message). ``NaN`` passes, as it does in ``torch.optim.SGD``.
+
+    Raises:
+      TypeError: for a bool (a flag in a numeric position: sgdx's positional order is
+        torch's), a function, ``None``, a string or other non-number, or a complex value.
+      ValueError: for an array that is not a scalar, or a negative value.
     """
-    if callable(value) or jnp.ndim(value) != 0 or jnp.iscomplexobj(value):
-        shape = "a function" if callable(value) else f"shape {jnp.shape(value)}"
-        raise ValueError(f"{name} must be a real scalar (a float or 0-d array), got {shape}.")
+    expected = "a real number (a Python float or a 0-d real array)"
+    if name == "learning_rate":
+        expected += " or a schedule count -> lr"
+    dtype = getattr(value, "dtype", None)
+    if isinstance(value, bool | np.bool_) or (dtype is not None and np.dtype(dtype) == np.bool_):
+        raise TypeError(
+            f"{name} must be {expected}, got the bool {value!r}. sgdx.sgd takes torch's "
+            "positional order (learning_rate, momentum, dampening, weight_decay, nesterov); "
+            "pass flags by keyword, e.g. sgdx.sgd(0.1, 0.9, nesterov=True)."
+        )
+    if callable(value):
+        raise TypeError(
+            f"{name} must be {expected}, got a function. Here only learning_rate takes a "
+            f"schedule; sgdx.inject_hyperparams(sgdx.sgd) takes a schedule for {name} too."
+        )
+    if not isinstance(value, int | float | np.number | np.ndarray | jax.Array):
+        raise TypeError(f"{name} must be {expected}, got {_describe(value)}.")
+    if not np.issubdtype(jnp.result_type(value), np.number) or jnp.iscomplexobj(value):
+        raise TypeError(
+            f"{name} must be {expected}, got {_describe(value)} of dtype {jnp.result_type(value)}."
+        )
+    if jnp.ndim(value) != 0:
+        raise ValueError(f"{name} must be {expected}, got an array of shape {jnp.shape(value)}.")
     number = concrete(value)
     if name in NEGATIVE_MESSAGES and number is not None and number < 0:
         raise ValueError(NEGATIVE_MESSAGES[name].format(number))
@@ -59,15 +98,33 @@ def check_learning_rate(learning_rate: ScalarOrSchedule) -> ArrayLike | None:
     """
     if callable(learning_rate):
         return None
-    if math.prod(jnp.shape(learning_rate)) != 1:
+    shape = getattr(learning_rate, "shape", ())
+    if isinstance(learning_rate, np.ndarray | jax.Array) and math.prod(shape) != 1:
         raise ValueError(
             f"learning_rate must be a scalar (a float, a one-element array or a schedule "
-            f"count -> lr), got an array of shape {jnp.shape(learning_rate)}. For different "
-            "learning rates on different parameters use separate transforms or param groups."
+            f"count -> lr), got an array of shape {shape}. For different learning rates on "
+            "different parameters use param groups (sgdx.param_groups)."
         )
-    learning_rate = jnp.reshape(learning_rate, ()) if jnp.ndim(learning_rate) else learning_rate
+    if isinstance(learning_rate, np.ndarray | jax.Array) and learning_rate.ndim:
+        learning_rate = jnp.reshape(learning_rate, ())
     check_hyperparameter(learning_rate, "learning_rate")
     return learning_rate
+
+
+def check_switch(value: Any, name: str) -> None:
+    """:func:`check_hyperparameter`, with ``None`` allowed (the part switched off)."""
+    if value is not None:
+        check_hyperparameter(value, name)
+
+
+def check_flag(value: Any, name: str) -> None:
+    """Raises a ``TypeError`` unless ``value`` is a Python bool."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{name} must be a bool (True or False), got {_describe(value)}. Structural "
+            "options are fixed when the optimizer is built; numbers go in the numeric "
+            "arguments (momentum, dampening, weight_decay)."
+        )
 
 
 def learning_rate_at(
@@ -77,7 +134,24 @@ def learning_rate_at(
     if scalar is not None:
         return jnp.asarray(scalar)
     assert callable(learning_rate)
-    value = jnp.asarray(learning_rate(count))
+    value = learning_rate(count)
+    if isinstance(value, bool) or not isinstance(
+        value, int | float | np.number | np.ndarray | jax.Array
+    ):
+        raise TypeError(
+            f"The learning-rate schedule returned {_describe(value)} for count {count}; a "
+            "schedule must return a real scalar (a float or a 0-d array)."
+        )
+    value = jnp.asarray(value)
+    if (
+        not np.issubdtype(value.dtype, np.number)
+        or jnp.iscomplexobj(value)
+        or value.dtype == np.bool_
+    ):
+        raise TypeError(
+            f"The learning-rate schedule returned an array of dtype {value.dtype}; a schedule "
+            "must return a real scalar."
+        )
     if value.shape != ():
         raise ValueError(
             f"The learning-rate schedule returned an array of shape {value.shape} for count "

@@ -25,10 +25,16 @@ class InjectHyperparamsState(NamedTuple):
     """The state of the wrapped transform."""
 
 
-def _is_numeric(value: Any) -> bool:
+def _is_numeric(name: str, value: Any) -> bool:
     if isinstance(value, bool | str | np.dtype | type) or value is None:
         return False
+    if name in _SWITCHES and _hyperparams.is_off(value):
+        return False  # momentum or weight decay off by construction: no buffer, no params
     return isinstance(value, int | float | np.number | np.ndarray | jax.Array)
+
+
+# Arguments that switch a part of sgd off when given as None or a Python 0.
+_SWITCHES = ("momentum", "weight_decay")
 
 
 def inject_hyperparams(
@@ -46,8 +52,12 @@ def inject_hyperparams(
     not settable). Boolean and string arguments (``nesterov``, ``maximize``,
     ``convention``) stay fixed at construction.
 
-    An injected ``momentum`` or ``weight_decay`` is always in the chain (its value may become
-    non-zero), so the momentum buffer always exists and ``update`` needs ``params``.
+    Every numeric hyperparameter may be a schedule (``momentum=sgdx.schedules.
+    one_cycle_momentum(...)``). ``momentum`` and ``weight_decay`` given as ``None`` or a
+    Python ``0`` stay off and fixed, as in :func:`sgdx.sgd`: no buffer, no ``params``
+    needed, not in ``hyperparams``. Given any other value they are injected, always in the
+    computation (the value may become non-zero later), so the buffer exists and ``update``
+    needs ``params``.
     Hyperparameters are stored in JAX's default float dtype (float64 when x64 is on) and cast
     to each parameter's dtype when used, as torch casts its Python floats.
 
@@ -72,16 +82,7 @@ def inject_hyperparams(
     signature = inspect.signature(factory)
 
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformation:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        factory(**bound.arguments)  # construction-time validation, torch's messages
-        schedules = {k: v for k, v in bound.arguments.items() if callable(v)}
-        numeric = {k: v for k, v in bound.arguments.items() if _is_numeric(v)}
-        static = {k: v for k, v in bound.arguments.items() if k not in schedules | numeric}
-        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
-
-        def build(hyperparams: Mapping[str, jax.Array]) -> GradientTransformation:
-            return factory(**static, **hyperparams)
+        dtype = _hyperparams.default_float()
 
         def evaluate(count: jax.Array, hyperparams: dict[str, jax.Array]) -> dict[str, jax.Array]:
             values = dict(hyperparams)
@@ -89,6 +90,17 @@ def inject_hyperparams(
                 value = _hyperparams.learning_rate_at(schedule, None, count)
                 values[name] = value.astype(dtype)
             return values
+
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        schedules = {k: v for k, v in bound.arguments.items() if callable(v)}
+        numeric = {k: v for k, v in bound.arguments.items() if _is_numeric(k, v)}
+        static = {k: v for k, v in bound.arguments.items() if k not in schedules | numeric}
+        first = evaluate(jnp.zeros((), jnp.int32), {}) if schedules else {}
+        factory(**static, **numeric, **first)  # construction-time validation, torch's messages
+
+        def build(hyperparams: Mapping[str, jax.Array]) -> GradientTransformation:
+            return factory(**static, **hyperparams)
 
         def init_fn(params: Params) -> InjectHyperparamsState:
             count = jnp.zeros((), jnp.int32)

@@ -53,7 +53,7 @@ def add_decayed_weights(
 
     As in ``torch.optim.SGD``, the decay is added to the gradient (so it then flows through
     momentum) and is skipped entirely when :math:`\lambda = 0`, so a ``0 * inf`` never turns
-    a gradient into ``NaN``.
+    a gradient into ``NaN``. A Python ``0`` needs no ``params``.
 
     Args:
       weight_decay: :math:`\lambda \ge 0`. A float or a scalar array (traceable).
@@ -62,7 +62,7 @@ def add_decayed_weights(
 
     Returns:
       A :class:`~sgdx.GradientTransformation` with an :class:`~sgdx.EmptyState`. Its
-      ``update`` needs ``params``.
+      ``update`` needs ``params`` unless ``weight_decay`` is a Python ``0``.
 
     Raises:
       ValueError: ``Invalid weight_decay value: {weight_decay}`` for a negative value.
@@ -78,6 +78,7 @@ def add_decayed_weights(
       [2.] [1.]
     """
     _hyperparams.check_hyperparameter(weight_decay, "weight_decay")
+    off = _hyperparams.is_off(weight_decay)
 
     def init_fn(params: Params) -> EmptyState:
         del params
@@ -87,9 +88,13 @@ def add_decayed_weights(
         updates: Updates, state: EmptyState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, EmptyState]:
         del extra_args
+        if off:  # a Python 0: nothing to add, and no parameters needed (torch skips it too)
+            return updates, state
         if params is None:
             raise ValueError(
-                "add_decayed_weights needs the parameters: call update(updates, state, params)."
+                "add_decayed_weights needs the parameters: call update(updates, state, params). "
+                "(A weight decay given as an array is traced and always applied; give "
+                "weight_decay=0 or None to switch it off.)"
             )
         leaf_mask = mask(params) if callable(mask) else mask
         if leaf_mask is None:

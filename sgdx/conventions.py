@@ -50,7 +50,7 @@ def pytorch_to_sutskever(state: OptState, learning_rate: ScalarOrSchedule) -> Op
       >>> pytorch, sutskever = sgdx.sgd(0.5, 0.9), sgdx.sgd(0.5, 0.9, convention="sutskever")
       >>> state = pytorch.init(jnp.zeros(1))
       >>> _, state = pytorch.update(jnp.array([1.0]), state)  # buf = 1
-      >>> print(conventions.pytorch_to_sutskever(state, 0.5)[0].velocity)
+      >>> print(conventions.pytorch_to_sutskever(state, 0.5)[1].velocity)
       [-0.5]
     """
     parts = list(_states(state))

@@ -32,7 +32,7 @@ def zero1_state_sharding(state: Any, mesh: Mesh, axis: str = "data") -> Any:
       >>> mesh = jax.make_mesh((1,), ("data",))
       >>> tx = sgdx.sgd(0.1, momentum=0.9)
       >>> shapes = jax.eval_shape(tx.init, {"w": jnp.zeros((8, 3))})
-      >>> sgdx.sharding.zero1_state_sharding(shapes, mesh)[0].momentum_buffer["w"].spec
+      >>> sgdx.sharding.zero1_state_sharding(shapes, mesh)[1].momentum_buffer["w"].spec
       P('data', None)
     """
     size = mesh.shape[axis]

@@ -132,14 +132,14 @@ def test_conversion_keeps_unstarted_buffers_and_rejects_other_states():
     grads = {"w": jnp.ones((3, 2), jnp.float64), "b": None}
     _, state = steps(pytorch, PARAMS, pytorch.init(PARAMS), [grads])
     converted = conventions.pytorch_to_sutskever(state, 0.1)
-    assert converted[0].initialized.tolist() == [False, True]  # leaves "b", "w"
-    np.testing.assert_array_equal(converted[0].velocity["w"], -0.1 * np.ones((3, 2)))
+    assert converted[1].initialized.tolist() == [False, True]  # leaves "b", "w"
+    np.testing.assert_array_equal(converted[1].velocity["w"], -0.1 * np.ones((3, 2)))
     with pytest.raises(ValueError, match=r"convention='pytorch'\) with momentum"):
         conventions.pytorch_to_sutskever(sgdx.sgd(0.1).init(PARAMS), 0.1)
     with pytest.raises(ValueError, match=r"convention='sutskever'\) with momentum"):
         conventions.sutskever_to_pytorch(state)
     with pytest.raises(TypeError, match="chain state"):
-        conventions.sutskever_to_pytorch(state[0])
+        conventions.sutskever_to_pytorch(state[1])
 
 
 def closed_form(lrs, grad, momentum):

@@ -110,11 +110,13 @@ def test_state_from_another_configuration():
     params = jnp.ones(2)
     with_momentum = sgdx.sgd(0.1, momentum=0.9)
     plain = sgdx.sgd(0.1)
-    with pytest.raises(ValueError, match=r"state tuple of 1 entries .* got a tuple of 2"):
+    with pytest.raises(ValueError, match=r"state tuple of 2 entries .* got a tuple of 3"):
         plain.update(params, with_momentum.init(params))
     nesterov = sgdx.sgd(0.1, 0.9, weight_decay=0.1)
     with pytest.raises(TypeError, match="trace: expected a TraceState"):
-        nesterov.update(params, (sgdx.EmptyState(), *reversed(with_momentum.init(params))), params)
+        nesterov.update(
+            params, (sgdx.EmptyState(), *reversed(with_momentum.init(params)[1:])), params
+        )
 
 
 def test_errors_raise_at_trace_time_under_jit():

@@ -98,7 +98,7 @@ def test_init_compiles_nothing_per_leaf_and_places_state_like_params(convention)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []
-    buffers = state[0].momentum_buffer if convention == "pytorch" else state[0].velocity
+    buffers = state[1].momentum_buffer if convention == "pytorch" else state[1].velocity
     expected = jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params)
     chex.assert_trees_all_equal(buffers, expected)
     chex.assert_trees_all_equal_shapes_and_dtypes(buffers, params)

@@ -230,6 +230,7 @@ def load_state_dict(
         hyperparams = {
             ours: jnp.asarray(float(torch_group[theirs]), group.hyperparams[ours].dtype)
             for theirs, ours in HYPERPARAMETERS.items()
+            if ours in group.hyperparams
         }
         inner = list(group.inner_state)
         inner[position] = new_trace
@@ -240,7 +241,7 @@ def load_state_dict(
         ]
         new_groups[label] = InjectHyperparamsState(group_count, hyperparams, tuple(inner))
     if isinstance(state, ParamGroupsState):
-        return ParamGroupsState({str(k): v for k, v in new_groups.items()})
+        return state._replace(groups={str(k): v for k, v in new_groups.items()})
     return new_groups[None]
 
 
@@ -294,7 +295,8 @@ def state_dict(
             is_leaf=lambda x: x is None,
         )
         entry: dict[str, Any] = {
-            theirs: float(group.hyperparams[ours]) for theirs, ours in HYPERPARAMETERS.items()
+            theirs: float(group.hyperparams.get(ours, 0.0))
+            for theirs, ours in HYPERPARAMETERS.items()
         }
         entry.update(
             nesterov=bool(per_group(nesterov, label)),
