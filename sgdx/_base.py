@@ -183,6 +183,9 @@ def apply_updates(params: Params, updates: Updates) -> Params:
       [1.5 2] bfloat16
     """
 
+    if params is None:  # no parameters (optax's empty tree), nothing to update
+        return None
+
     def add(u: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
         p = jnp.asarray(p)
         return u, p + _tree.match_sharding(u.astype(p.dtype), p)

@@ -145,7 +145,7 @@ def param_groups(
         owners = np.array([position.get(label, -1) for label in leaves], np.int32)
         return ParamGroupsState(
             {label: tx.init(_mask(params, leaves, label)) for label, tx in optimizers.items()},
-            jax.device_put(owners),
+            _tree.host_array(owners, params),
         )
 
     def update_fn(

@@ -19,7 +19,7 @@ def _zeros_and_flags(
 ) -> tuple[PyTree, jax.Array]:
     _tree.check_inexact(params, who)
     buffers = jax.tree.map(lambda p: _tree.zeros_like(p, accumulator_dtype), params)
-    return buffers, jax.device_put(np.zeros(len(jax.tree.leaves(buffers)), np.bool_))
+    return buffers, _tree.host_array(np.zeros(len(jax.tree.leaves(buffers)), np.bool_), params)
 
 
 class TraceState(NamedTuple):
@@ -218,7 +218,7 @@ def sutskever_trace(
 
     def init_fn(params: Params) -> SutskeverTraceState:
         velocity, flags = _zeros_and_flags(params, accumulator_dtype, "sutskever_trace")
-        last_lr = jax.device_put(np.zeros(flags.shape, _hyperparams.default_float()))
+        last_lr = _tree.host_array(np.zeros(flags.shape, _hyperparams.default_float()), params)
         return SutskeverTraceState(velocity, flags, last_lr, count=jnp.zeros((), jnp.int32))
 
     def update_fn(

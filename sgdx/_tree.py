@@ -189,6 +189,22 @@ def zeros_like(x: Any, dtype: Any = None) -> jax.Array:
     return jax.make_array_from_callback(x.shape, x.sharding, shard)
 
 
+def host_array(value: np.ndarray, tree: PyTree) -> jax.Array:
+    """A small array for the state of ``tree``'s optimizer, placed as ``jnp.asarray`` places a
+    new array, without compiling anything: replicated over the mesh set with
+    ``jax.set_mesh``, else uncommitted on the default device; inside ``jax.jit`` (a leaf of
+    ``tree`` is a tracer) it is ``jnp.asarray``. For the state's per-parameter flags, whose
+    type, sharding included, must be the one ``update`` gives them."""
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree)):
+        return jnp.asarray(value)
+    if not jax.sharding.get_abstract_mesh().axis_names:
+        placed: jax.Array = jax.device_put(value)
+        return placed
+    mesh = jax.sharding.get_mesh()  # type: ignore[attr-defined,unused-ignore]
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # type: ignore[no-untyped-call,unused-ignore]
+    return jax.device_put(value, replicated)  # type: ignore[no-any-return,unused-ignore]
+
+
 def safe_increment(count: jax.Array) -> jax.Array:
     """``count + 1``, saturating at the dtype's maximum instead of wrapping around."""
     limit = np.iinfo(count.dtype).max
