@@ -47,10 +47,15 @@ def inject_hyperparams(
     in :class:`InjectHyperparamsState` ``.hyperparams``: the functional
     ``optimizer.param_groups[0]["lr"] = x``. Change them between steps with
     :func:`set_hyperparams` (no recompilation: the state keeps its structure and dtypes),
-    read them with :func:`get_hyperparams`. A hyperparameter given as a schedule
-    ``count -> value`` is evaluated at every step and its latest value is stored (readable,
-    not settable). Boolean and string arguments (``nesterov``, ``maximize``,
-    ``convention``) stay fixed at construction.
+    read them with :func:`get_hyperparams`. The state holds the values the *next* update
+    uses, as torch's ``param_groups`` do between steps: a hyperparameter given as a
+    schedule ``count -> value`` is evaluated at ``init`` (count 0) and after every update
+    (at the new count), as torch's scheduler writes ``group["lr"]`` after each
+    ``optimizer.step()``; a value set in between is used by the next update and then
+    replaced by the schedule's next value (torch's chainable schedulers, such as
+    ``StepLR``, would instead go on from the value set). ``optax.inject_hyperparams``
+    stores the value of the update just taken instead. Boolean and string arguments (``nesterov``,
+    ``maximize``, ``convention``) stay fixed at construction.
 
     Every numeric hyperparameter may be a schedule (``momentum=sgdx.schedules.
     one_cycle_momentum(...)``). ``momentum`` and ``weight_decay`` given as ``None`` or a
@@ -114,12 +119,12 @@ def inject_hyperparams(
             **extra_args: Any,
         ) -> tuple[Updates, InjectHyperparamsState]:
             _tree.check_state(state, InjectHyperparamsState, "inject_hyperparams")
-            hyperparams = evaluate(state.count, state.hyperparams)
-            updates, inner = build(hyperparams).update(
+            updates, inner = build(state.hyperparams).update(
                 updates, state.inner_state, params, **extra_args
             )
             count = _tree.safe_increment(state.count)
-            return updates, InjectHyperparamsState(count, hyperparams, inner)
+            # as torch's scheduler.step() after optimizer.step(): the next update's values
+            return updates, InjectHyperparamsState(count, evaluate(count, state.hyperparams), inner)
 
         return GradientTransformation(init_fn, update_fn)
 

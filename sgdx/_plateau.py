@@ -1,35 +1,58 @@
-"""`reduce_lr_on_plateau`: torch's ReduceLROnPlateau as a transform fed the loss."""
+"""`reduce_lr_on_plateau`: torch's ReduceLROnPlateau, stepped with a metric between updates."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from sgdx import _hyperparams, _tree
-from sgdx._base import GradientTransformation, Params, Updates
+from sgdx import _hyperparams
+from sgdx._groups import ParamGroupsState
+from sgdx._inject import InjectHyperparamsState
+
+LearningRateState = InjectHyperparamsState | ParamGroupsState
 
 
 class ReduceLROnPlateauState(NamedTuple):
-    """State of :func:`reduce_lr_on_plateau` (torch's scheduler attributes)."""
+    """State of :func:`reduce_lr_on_plateau`: torch's scheduler attributes of the same names."""
 
-    learning_rate: jax.Array
-    """The current learning rate; updates are scaled by its ratio to the initial one."""
     best: jax.Array
-    """The best metric so far."""
+    """The best metric so far (``inf`` for ``mode="min"`` before the first step)."""
     num_bad_epochs: jax.Array
-    """Epochs since the metric last improved."""
+    """Steps since the metric last improved (int32)."""
     cooldown_counter: jax.Array
-    """Epochs of cooldown left after a reduction."""
-    count: jax.Array  # type: ignore[assignment]  # optax's name, shadowing tuple.count
-    """Updates applied so far (int32, saturating)."""
-    value_sum: jax.Array
-    """Sum of the values fed in the current epoch."""
+    """Steps of cooldown left after a reduction (int32)."""
+    last_epoch: jax.Array
+    """Steps taken (int32)."""
+
+
+class ReduceLROnPlateau(NamedTuple):
+    """A metric-driven learning-rate scheduler: ``init()`` and
+    ``step(state, opt_state, metric) -> (state, opt_state)``."""
+
+    init: Callable[[], ReduceLROnPlateauState]
+    step: Callable[
+        [ReduceLROnPlateauState, LearningRateState, ArrayLike],
+        tuple[ReduceLROnPlateauState, LearningRateState],
+    ]
+
+
+def _groups(opt_state: LearningRateState) -> dict[str | None, InjectHyperparamsState]:
+    if isinstance(opt_state, ParamGroupsState):
+        return {label: group for label, group in opt_state.groups.items()}
+    if isinstance(opt_state, InjectHyperparamsState):
+        return {None: opt_state}
+    raise TypeError(
+        "reduce_lr_on_plateau changes the learning rate held in the optimizer state: pass the "
+        "state of sgdx.inject_hyperparams(sgdx.sgd)(...) or sgdx.param_groups(...), got "
+        f"{type(opt_state).__name__}."
+    )
 
 
 def reduce_lr_on_plateau(
-    learning_rate: float,
     *,
     mode: Literal["min", "max"] = "min",
     factor: float = 0.1,
@@ -37,46 +60,49 @@ def reduce_lr_on_plateau(
     threshold: float = 1e-4,
     threshold_mode: Literal["rel", "abs"] = "rel",
     cooldown: int = 0,
-    min_lr: float = 0.0,
+    min_lr: float | Mapping[str, float] = 0.0,
     eps: float = 1e-8,
-    steps_per_epoch: int = 1,
-) -> GradientTransformation:
+) -> ReduceLROnPlateau:
     r"""``torch.optim.lr_scheduler.ReduceLROnPlateau``: cut the learning rate when a metric
     stops improving.
 
-    Place it after :func:`sgdx.sgd` (``learning_rate`` being sgd's) and pass the metric to
-    every update: ``tx.update(grads, state, params, value=loss)``. The updates are scaled by
-    :math:`\eta_{\text{now}} / \eta_0`, which for PyTorch's convention is exactly running
-    with learning rate :math:`\eta_{\text{now}}`. Every ``steps_per_epoch`` updates, the
-    mean of the values fed since the last epoch is one ``scheduler.step(metric)``:
+    As in torch, the scheduler is stepped with a metric between updates, usually once per
+    epoch with the validation loss: ``plateau_state, opt_state = plateau.step(plateau_state,
+    opt_state, val_loss)`` is ``scheduler.step(val_loss)``. It rewrites the learning rate
+    held in the optimizer state (:func:`sgdx.inject_hyperparams` or :func:`sgdx.param_groups`,
+    every group), so the next update uses it and a checkpoint holds it, as torch's
+    ``param_groups[i]["lr"]`` does. Per step:
 
     - the metric improves on ``best`` when it is below ``best * (1 - threshold)``
       (``mode="min"``, ``threshold_mode="rel"``; above ``best * (1 + threshold)`` for
       ``"max"``; ``best -/+ threshold`` for ``"abs"``), which resets ``num_bad_epochs``;
-    - after more than ``patience`` epochs without improvement (cooldown epochs not
-      counted), :math:`\eta \leftarrow \max(\eta \cdot` ``factor``, ``min_lr``:math:`)` if that
-      changes it by more than ``eps``, and ``cooldown`` epochs of cooldown start.
+    - during cooldown ``num_bad_epochs`` stays 0;
+    - after more than ``patience`` steps without improvement, each group's
+      :math:`\eta \leftarrow \max(\eta \cdot` ``factor``, ``min_lr``:math:`)` if that changes
+      it by more than ``eps``, and ``cooldown`` steps of cooldown start.
 
     Args:
-      learning_rate: the optimizer's initial learning rate :math:`\eta_0 > 0`.
-      mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps: as torch's.
-      steps_per_epoch: updates per scheduler step (1: step at every update).
+      mode, factor, patience, threshold, threshold_mode, cooldown, eps: as torch's.
+      min_lr: the floor, one for all groups or per group label.
 
     Returns:
-      A :class:`~sgdx.GradientTransformation` with a :class:`ReduceLROnPlateauState`; its
-      ``update`` needs ``value=``.
+      A :class:`ReduceLROnPlateau`; ``step`` is pure and can be jitted.
+
+    Raises:
+      ValueError: torch's ``Factor should be < 1.0.``, an unknown mode, a negative patience.
 
     Examples:
       >>> import jax.numpy as jnp
       >>> import sgdx
-      >>> tx = sgdx.reduce_lr_on_plateau(0.5, factor=0.5, patience=1)
-      >>> state = tx.init(jnp.zeros(1))
-      >>> for loss in (3.0, 2.0, 2.0, 2.0):
-      ...     _, state = tx.update(jnp.ones(1), state, value=loss)
-      >>> float(state.learning_rate)
+      >>> tx = sgdx.inject_hyperparams(sgdx.sgd)(0.5)
+      >>> opt_state = tx.init(jnp.zeros(1))
+      >>> plateau = sgdx.reduce_lr_on_plateau(factor=0.5, patience=1)
+      >>> state = plateau.init()
+      >>> for val_loss in (3.0, 2.0, 2.0, 2.0):
+      ...     state, opt_state = plateau.step(state, opt_state, val_loss)
+      >>> float(sgdx.get_hyperparams(opt_state)["learning_rate"])
       0.25
     """
-    _hyperparams.check_hyperparameter(learning_rate, "learning_rate")
     if factor >= 1.0:
         raise ValueError("Factor should be < 1.0.")
     if mode not in ("min", "max") or threshold_mode not in ("rel", "abs"):
@@ -84,9 +110,10 @@ def reduce_lr_on_plateau(
             f"mode must be 'min' or 'max' and threshold_mode 'rel' or 'abs', got "
             f"{mode!r} and {threshold_mode!r}."
         )
-    if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch}.")
-    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise ValueError(f"patience must be a non-negative integer, got {patience!r}.")
+    for name, value in (("threshold", threshold), ("eps", eps)):
+        _hyperparams.check_hyperparameter(value, name)
     sign = 1.0 if mode == "min" else -1.0
 
     def improves(metric: jax.Array, best: jax.Array) -> jax.Array:
@@ -94,63 +121,48 @@ def reduce_lr_on_plateau(
             return sign * metric < sign * best * (1 - sign * threshold)
         return sign * metric < sign * best - threshold
 
-    def init_fn(params: Params) -> ReduceLROnPlateauState:
-        del params
+    def init_fn() -> ReduceLROnPlateauState:
         zero = jnp.zeros((), jnp.int32)
-        return ReduceLROnPlateauState(
-            learning_rate=jnp.asarray(learning_rate, dtype),
-            best=jnp.asarray(sign * jnp.inf, dtype),
-            num_bad_epochs=zero,
-            cooldown_counter=zero,
-            count=zero,
-            value_sum=jnp.zeros((), dtype),
-        )
+        best = jnp.asarray(sign * jnp.inf, _hyperparams.default_float())
+        return ReduceLROnPlateauState(best, zero, zero, zero)
 
-    def epoch_step(state: ReduceLROnPlateauState, metric: jax.Array) -> ReduceLROnPlateauState:
-        better = improves(metric, state.best)
-        best = jnp.where(better, metric, state.best)
+    def floor(label: str | None) -> float:
+        if not isinstance(min_lr, Mapping):
+            return min_lr
+        if label is None or label not in min_lr:
+            raise KeyError(f"reduce_lr_on_plateau: min_lr has no entry for group {label!r}.")
+        return min_lr[label]
+
+    def step_fn(
+        state: ReduceLROnPlateauState, opt_state: LearningRateState, metric: ArrayLike
+    ) -> tuple[ReduceLROnPlateauState, LearningRateState]:
+        if jnp.shape(metric) != ():
+            raise ValueError(f"metric must be a scalar, got shape {jnp.shape(metric)}.")
+        groups = _groups(opt_state)
+        value = jnp.asarray(metric).astype(state.best.dtype)
+        better = improves(value, state.best)
+        best = jnp.where(better, value, state.best)
         bad = jnp.where(better, 0, state.num_bad_epochs + 1)
         in_cooldown = state.cooldown_counter > 0
-        cooldown_counter = jnp.where(
-            in_cooldown, state.cooldown_counter - 1, state.cooldown_counter
-        )
+        cooldown_counter = jnp.where(in_cooldown, state.cooldown_counter - 1, 0)
         bad = jnp.where(in_cooldown, 0, bad)
         reduce = bad > patience
-        new_lr = jnp.maximum(state.learning_rate * factor, min_lr)
-        lr = jnp.where(reduce & (state.learning_rate - new_lr > eps), new_lr, state.learning_rate)
-        return state._replace(
-            learning_rate=lr,
-            best=best,
-            num_bad_epochs=jnp.where(reduce, 0, bad),
-            cooldown_counter=jnp.where(reduce, cooldown, cooldown_counter),
-        )
-
-    def update_fn(
-        updates: Updates,
-        state: ReduceLROnPlateauState,
-        params: Params | None = None,
-        *,
-        value: Any = None,
-        **extra_args: Any,
-    ) -> tuple[Updates, ReduceLROnPlateauState]:
-        del params, extra_args
-        _tree.check_state(state, ReduceLROnPlateauState, "reduce_lr_on_plateau")
-        if value is None:
-            raise ValueError(
-                "reduce_lr_on_plateau needs the metric: call update(updates, state, params, "
-                "value=loss)."
+        new_groups: dict[Any, InjectHyperparamsState] = {}
+        for label, group in groups.items():
+            old = group.hyperparams["learning_rate"]
+            new = jnp.maximum(old * factor, jnp.asarray(floor(label), old.dtype))
+            lr = jnp.where(reduce & (old - new > eps), new, old)
+            new_groups[label] = group._replace(
+                hyperparams={**group.hyperparams, "learning_rate": lr}
             )
-        if jnp.shape(value) != ():
-            raise ValueError(f"value must be a scalar metric, got shape {jnp.shape(value)}.")
-        scale = state.learning_rate / learning_rate
-        (updates,) = _tree.map_updates(lambda u: (u * scale.astype(u.dtype),), updates, names=())
-        value_sum = state.value_sum + jnp.asarray(value).astype(dtype)
-        count = _tree.safe_increment(state.count)
-        end_of_epoch = count % steps_per_epoch == 0
-        stepped = epoch_step(state, value_sum / steps_per_epoch)
-        new_state = jax.tree.map(lambda a, b: jnp.where(end_of_epoch, a, b), stepped, state)
-        return updates, new_state._replace(
-            count=count, value_sum=jnp.where(end_of_epoch, 0.0, value_sum).astype(dtype)
+        new_state = ReduceLROnPlateauState(
+            best=best,
+            num_bad_epochs=jnp.where(reduce, 0, bad).astype(jnp.int32),
+            cooldown_counter=jnp.where(reduce, cooldown, cooldown_counter).astype(jnp.int32),
+            last_epoch=state.last_epoch + 1,
         )
+        if isinstance(opt_state, ParamGroupsState):
+            return new_state, opt_state._replace(groups=new_groups)
+        return new_state, new_groups[None]
 
-    return GradientTransformation(init_fn, update_fn)
+    return ReduceLROnPlateau(init_fn, step_fn)

@@ -19,18 +19,18 @@ def run(script: str) -> str:
     return result.stdout
 
 
-def test_resume_from_torch_continues_identically():
+def test_resume_from_torch_round_trip_tracks_torch():
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
-    rows = [
-        line.split()
-        for line in run("resume_from_torch.py").splitlines()
-        if line[:5].strip().isdigit()
-    ]
-    assert [int(r[0]) for r in rows] == [4, 5, 6, 7]
-    for _, torch_loss, sgdx_loss, max_diff in rows:
-        assert abs(float(torch_loss) - float(sgdx_loss)) < 1e-12
-        assert float(max_diff) < 1e-12
+    output = run("resume_from_torch.py")
+    rows = [line.split() for line in output.splitlines() if line[:6].strip().isdigit()]
+    assert [int(r[0]) for r in rows][:3] == [4, 8, 9] and int(rows[-1][0]) == 60
+    for row in rows:
+        losses = [float(v) for v in row[2:]]
+        assert max(losses) - min(losses) < 1e-12, row
+    for line in output.splitlines():
+        if line.startswith("max |"):
+            assert float(line.split(": ")[1]) < 1e-12, line
 
 
 @pytest.mark.parametrize(

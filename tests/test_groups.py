@@ -215,15 +215,25 @@ def test_inject_hyperparams_is_sgd_with_settable_values():
     assert all(v.shape == () for v in hyper.values())
 
 
-def test_scheduled_hyperparameter_is_visible_in_state():
+def test_scheduled_hyperparameter_is_the_next_steps_as_in_torch():
+    """Between steps the state holds the learning rate of the next update, as torch's
+    param_groups[0]["lr"] does after scheduler.step()."""
     tx = sgdx.inject_hyperparams(sgdx.sgd)(sgdx.schedules.step_lr(0.5, 2, 0.5))
+    w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.SGD([w], lr=0.5)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 2, 0.5)
     params = jnp.zeros(1)
     state = tx.init(params)
-    seen = []
-    for _ in range(5):
-        _, state = tx.update(jnp.ones(1), state, params)
-        seen.append(float(sgdx.get_hyperparams(state)["learning_rate"]))
-    assert seen == [0.5, 0.5, 0.25, 0.25, 0.125]
+    for _ in range(6):
+        assert (
+            float(sgdx.get_hyperparams(state)["learning_rate"]) == optimizer.param_groups[0]["lr"]
+        )
+        updates, state = tx.update(jnp.ones(1), state, params)
+        w.grad = torch.ones(1, dtype=torch.float64)
+        before = w.detach().clone()
+        optimizer.step()
+        scheduler.step()
+        np.testing.assert_allclose(updates, (w.detach() - before).numpy(), rtol=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,10 @@ import sgdx
 from sgdx.interop import torch as torch_interop
 
 torch = pytest.importorskip("torch")
+
+# the optimizers below are plain momentum SGD (no nesterov, no maximize), as they are built
+load = functools.partial(torch_interop.load_state_dict, nesterov=False, maximize=False)
+dump = functools.partial(torch_interop.state_dict, nesterov=False, maximize=False)
 
 # torch's parameter order: named_parameters() of Linear(3, 4) -> Linear(4, 2)
 NAMES = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
@@ -107,9 +113,7 @@ def test_resume_torch_checkpoint_in_sgdx(named):
 
     tx = tx_groups()
     params = to_tree(model)
-    state = torch_interop.load_state_dict(
-        checkpoint, tx.init(params), params, names=None if named else NAMES, count=k
-    )
+    state = load(checkpoint, tx.init(params), params, names=None if named else NAMES, count=k)
     params, state = sgdx_steps(tx, params, state, range(k, k + n))
     assert_params_equal(params, reference)
     for label, layer in (("first", "fc1"), ("second", "fc2")):
@@ -139,7 +143,7 @@ def test_resume_with_a_parameter_that_never_had_a_gradient():
 
     tx = tx_groups()
     params = to_tree(model)
-    state = torch_interop.load_state_dict(checkpoint, tx.init(params), params, NAMES)
+    state = load(checkpoint, tx.init(params), params, NAMES)
     assert sgdx.momentum_buffers(state)["fc2.bias"] is None
     params, state = sgdx_steps(tx, params, state, range(k, k + n))
     assert_params_equal(params, reference)
@@ -152,7 +156,7 @@ def test_resume_sgdx_state_in_torch():
     reference, _ = sgdx_steps(tx, params, tx.init(params), range(k + n))
 
     params, state = sgdx_steps(tx, params, tx.init(params), range(k))
-    checkpoint = torch_interop.state_dict(state, params, NAMES)
+    checkpoint = dump(state, params, NAMES)
     model = make_model()
     with torch.no_grad():
         for name, layer in model.named_children():
@@ -170,11 +174,9 @@ def test_round_trip_is_bitwise():
     params = to_tree(make_model())
     params, state = sgdx_steps(tx, params, tx.init(params), range(3), frozen={"fc1.bias"})
     state = sgdx.set_hyperparams(state, group="first", learning_rate=0.0123456789)
-    checkpoint = torch_interop.state_dict(
-        state, params, NAMES, initial_lr={"first": 0.1, "second": 0.01}
-    )
+    checkpoint = dump(state, params, NAMES, initial_lr={"first": 0.1, "second": 0.01})
     assert checkpoint["param_groups"][0]["initial_lr"] == 0.1
-    back = torch_interop.load_state_dict(checkpoint, tx.init(params), params, count=3)
+    back = load(checkpoint, tx.init(params), params, count=3)
     chex.assert_trees_all_equal(back, state)
     chex.assert_trees_all_equal_shapes_and_dtypes(back, state)
 
@@ -183,12 +185,12 @@ def test_single_group_inject_hyperparams_state():
     tx = sgdx.inject_hyperparams(sgdx.sgd)(0.05, momentum=0.9, nesterov=True)
     params = to_tree(make_model())
     params, state = sgdx_steps(tx, params, tx.init(params), range(2))
-    checkpoint = torch_interop.state_dict(state, params, NAMES, nesterov=True)
+    checkpoint = dump(state, params, NAMES, nesterov=True)
     assert [g["nesterov"] for g in checkpoint["param_groups"]] == [True]
     optimizer = torch.optim.SGD(make_model().parameters(), lr=1.0, momentum=0.9, nesterov=True)
     optimizer.load_state_dict(checkpoint)
     chex.assert_trees_all_equal(
-        torch_interop.load_state_dict(checkpoint, tx.init(params), params, count=2), state
+        load(checkpoint, tx.init(params), params, nesterov=True, count=2), state
     )
 
 
@@ -209,21 +211,21 @@ def test_bad_checkpoints_raise_and_change_nothing():
         {m: {n: "all" for n in leaves} for m, leaves in LABELS.items()}, {"all": {}}, **DEFAULTS
     )
     with pytest.raises(ValueError, match="2 param groups, the sgdx optimizer 1"):
-        torch_interop.load_state_dict(checkpoint, one_group.init(params), params, NAMES)
+        load(checkpoint, one_group.init(params), params, NAMES)
 
     wrong_shape = {
         **checkpoint,
         "state": {**checkpoint["state"], 0: {"momentum_buffer": torch.zeros(2, 2)}},
     }
     with pytest.raises(ValueError, match=r"'fc1.weight' has shape \(2, 2\)"):
-        torch_interop.load_state_dict(wrong_shape, state, params, NAMES)
+        load(wrong_shape, state, params, NAMES)
 
     with pytest.raises(ValueError, match=r"names not in the tree: \['fc3.weight'\]"):
-        torch_interop.load_state_dict(checkpoint, state, params, ["fc3.weight", *NAMES[1:]])
+        load(checkpoint, state, params, ["fc3.weight", *NAMES[1:]])
     with pytest.raises(ValueError, match="3 names for 4 parameters"):
-        torch_interop.load_state_dict(checkpoint, state, params, NAMES[:3])
+        load(checkpoint, state, params, NAMES[:3])
     with pytest.raises(ValueError, match="has no 'param_names': pass names="):
-        torch_interop.load_state_dict(checkpoint, state, params)
+        load(checkpoint, state, params)
 
     regrouped = sgdx.param_groups(
         {
@@ -234,7 +236,7 @@ def test_bad_checkpoints_raise_and_change_nothing():
         **DEFAULTS,
     )
     with pytest.raises(ValueError, match=r"param_groups\[0\] .* matches no sgdx group"):
-        torch_interop.load_state_dict(checkpoint, regrouped.init(params), params, NAMES)
+        load(checkpoint, regrouped.init(params), params, NAMES)
 
     model = make_model()
     adam = torch.optim.Adam(model.parameters())
@@ -242,9 +244,9 @@ def test_bad_checkpoints_raise_and_change_nothing():
         p.grad = torch.ones_like(p)
     adam.step()
     with pytest.raises(ValueError, match=r"not a torch\.optim\.SGD state_dict"):
-        torch_interop.load_state_dict(adam.state_dict(), state, params, NAMES)
+        load(adam.state_dict(), state, params, NAMES)
     with pytest.raises(TypeError, match="hyperparameters"):
-        torch_interop.load_state_dict(checkpoint, sgdx.sgd(0.1).init(params), params, NAMES)
+        load(checkpoint, sgdx.sgd(0.1).init(params), params, NAMES)
 
     chex.assert_trees_all_equal(jax.tree.map(np.array, state), before)
 
@@ -253,7 +255,7 @@ def test_imported_state_does_not_alias_the_checkpoint():
     """torch updates momentum buffers in place; the sgdx state must hold copies."""
     checkpoint, params = checkpoint_after_steps()
     tx = tx_groups()
-    state = torch_interop.load_state_dict(checkpoint, tx.init(params), params, NAMES)
+    state = load(checkpoint, tx.init(params), params, NAMES)
     before = jax.tree.map(np.array, state)
     for entry in checkpoint["state"].values():
         entry["momentum_buffer"].mul_(0.5).add_(1.0)

@@ -207,6 +207,8 @@ PLATEAU_CASES = [
 
 @pytest.mark.parametrize("kwargs", PLATEAU_CASES, ids=lambda k: ",".join(k) or "defaults")
 def test_reduce_lr_on_plateau_matches_torch(kwargs):
+    """Two param groups, stepped once per epoch with a validation metric, as torch's docs
+    show; every group's learning rate and every update equal torch's."""
     rng = np.random.default_rng(0)
     epochs, steps_per_epoch = 80, 3
     metrics = np.concatenate([np.linspace(2.0, 1.0, 20), np.full(60, 1.0)]) + rng.normal(
@@ -214,28 +216,39 @@ def test_reduce_lr_on_plateau_matches_torch(kwargs):
     )
     if kwargs.get("mode") == "max":
         metrics = -metrics
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    w, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([{"params": [w]}, {"params": [b], "lr": 0.05}], lr=0.1)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **kwargs)
-    tx = sgdx.chain(
-        sgdx.sgd(0.1), sgdx.reduce_lr_on_plateau(0.1, steps_per_epoch=steps_per_epoch, **kwargs)
+    tx = sgdx.param_groups(
+        {"w": "w", "b": "b"}, {"w": {}, "b": {"learning_rate": 0.05}}, learning_rate=0.1
     )
-    params = jnp.zeros((), jnp.float64)
-    state = tx.init(params)
-    step = jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
+    plateau = sgdx.reduce_lr_on_plateau(**kwargs)
+    params = {"w": jnp.zeros((), jnp.float64), "b": jnp.zeros((), jnp.float64)}
+    state, plateau_state = tx.init(params), plateau.init()
+    update = jax.jit(tx.update)
+    plateau_step = jax.jit(plateau.step)
     for epoch in range(epochs):
         for _ in range(steps_per_epoch):
-            updates, state = step(jnp.ones((), jnp.float64), state, params, metrics[epoch])
-            np.testing.assert_allclose(updates, -optimizer.param_groups[0]["lr"], rtol=1e-12)
+            updates, state = update({"w": jnp.ones(()), "b": jnp.ones(())}, state, params)
+            np.testing.assert_allclose(updates["w"], -optimizer.param_groups[0]["lr"], rtol=1e-12)
+            np.testing.assert_allclose(updates["b"], -optimizer.param_groups[1]["lr"], rtol=1e-12)
         scheduler.step(metrics[epoch])
-        np.testing.assert_allclose(
-            state[1].learning_rate, optimizer.param_groups[0]["lr"], rtol=1e-12
-        )
+        plateau_state, state = plateau_step(plateau_state, state, metrics[epoch])
+        for label, group in (("w", 0), ("b", 1)):
+            np.testing.assert_allclose(
+                sgdx.get_hyperparams(state, group=label)["learning_rate"],
+                optimizer.param_groups[group]["lr"],
+                rtol=1e-12,
+            )
+        assert int(plateau_state.num_bad_epochs) == scheduler.num_bad_epochs
+        assert int(plateau_state.cooldown_counter) == scheduler.cooldown_counter
+        assert float(plateau_state.best) == pytest.approx(scheduler.best, rel=1e-12)
     assert optimizer.param_groups[0]["lr"] < 0.1  # the plateau was detected
 
 
-def test_reduce_lr_on_plateau_needs_the_metric():
-    tx = sgdx.reduce_lr_on_plateau(0.1)
-    with pytest.raises(ValueError, match="value=loss"):
-        tx.update(jnp.ones(1), tx.init(jnp.ones(1)))
+def test_reduce_lr_on_plateau_errors():
+    plateau = sgdx.reduce_lr_on_plateau()
+    with pytest.raises(TypeError, match="inject_hyperparams"):
+        plateau.step(plateau.init(), sgdx.sgd(0.1).init(jnp.ones(1)), 1.0)
     with pytest.raises(ValueError, match=r"Factor should be < 1\.0"):
-        sgdx.reduce_lr_on_plateau(0.1, factor=1.5)
+        sgdx.reduce_lr_on_plateau(factor=1.5)

@@ -1,0 +1,473 @@
+"""A live torch run handed to sgdx and back (sgdx.interop.torch.from_torch / to_torch).
+
+Real recipes' optimizer and scheduler setups run in torch; the run is handed to sgdx part
+way, continued, handed back to torch and continued again. Against the uninterrupted torch
+run, after every step: every parameter, every momentum buffer and every group's learning
+rate (float64 to 1e-12, float32 to 1e-6, relative). The gradients are a fixed function of
+the current parameters, the same in both frameworks, so the optimizers are compared on
+their own.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sgdx
+from sgdx.interop import torch as torch_interop
+
+torch = pytest.importorskip("torch")
+lr_scheduler = torch.optim.lr_scheduler
+
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-6}
+
+
+class Net(torch.nn.Module):
+    """Linear -> BatchNorm -> Linear: weights, biases and norm parameters, as a classifier
+    has (the forward pass is never run; only the parameters matter here)."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = torch.nn.Linear(5, 6, dtype=dtype)
+        self.bn = torch.nn.BatchNorm1d(6, dtype=dtype)
+        self.fc2 = torch.nn.Linear(6, 3, dtype=dtype)
+
+
+def grad_of(p, k):
+    """The gradient at step k: a fixed function of the parameter (numpy or torch)."""
+    p = np.asarray(p, np.float64)
+    return np.sin(p + 0.1 * k) + 0.1 * p
+
+
+def torch_step(model, optimizer, k, frozen=()):
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.grad = None
+        else:
+            p.grad = torch.tensor(grad_of(p.detach().numpy(), k), dtype=p.dtype)
+    optimizer.step()
+
+
+def sgdx_step(tx, state, params, k, frozen=()):
+    grads = {
+        n: None if n in frozen else jnp.asarray(grad_of(p, k), p.dtype) for n, p in params.items()
+    }
+    updates, state = tx.update(grads, state, params)
+    return state, sgdx.apply_updates(params, updates)
+
+
+# ------------------------------------------------------------------------ the recipes
+
+
+def torchvision_setup(model, *, nesterov, warmup, main, epochs, warmup_epochs):
+    """torchvision's classification reference: norm parameters in a group of their own
+    without weight decay (its set_weight_decay with norm_weight_decay=0), SGD with or
+    without nesterov, a linear or constant warmup handed to the main scheduler by
+    SequentialLR, stepped once per epoch."""
+    norm, other = [], []
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            (norm if isinstance(module, torch.nn.BatchNorm1d) else other).append(p)
+    groups = [{"params": other, "weight_decay": 1e-4}, {"params": norm, "weight_decay": 0.0}]
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=nesterov)
+    mains = {
+        "cosine": lambda: lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=epochs - warmup_epochs, eta_min=1e-3
+        ),
+        "step": lambda: lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.1),
+        "exponential": lambda: lr_scheduler.ExponentialLR(optimizer, gamma=0.8),
+    }
+    main_scheduler = mains[main]()
+    warmups = {
+        "linear": lambda: lr_scheduler.LinearLR(
+            optimizer, start_factor=0.01, total_iters=warmup_epochs
+        ),
+        "constant": lambda: lr_scheduler.ConstantLR(
+            optimizer, factor=0.01, total_iters=warmup_epochs
+        ),
+    }
+    scheduler = lr_scheduler.SequentialLR(
+        optimizer, [warmups[warmup](), main_scheduler], milestones=[warmup_epochs]
+    )
+    return optimizer, scheduler
+
+
+def per_iteration_setup(model, *, kind):
+    """Per-iteration schedulers: a bias group with twice the learning rate and no weight
+    decay (Detectron2's BIAS_LR_FACTOR / WEIGHT_DECAY_BIAS layout), with a linear warmup
+    chained with a multistep decay, or a OneCycle policy (which also cycles momentum)."""
+    bias = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    rest = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+    optimizer = torch.optim.SGD(
+        [{"params": rest}, {"params": bias, "lr": 0.2, "weight_decay": 0.0}],
+        lr=0.1,
+        momentum=0.9,
+        dampening=0.1,
+        weight_decay=1e-4,
+    )
+    if kind == "chained":
+        scheduler = lr_scheduler.ChainedScheduler(
+            [
+                lr_scheduler.LinearLR(optimizer, start_factor=0.001, total_iters=10),
+                lr_scheduler.MultiStepLR(optimizer, milestones=[20, 35, 35], gamma=0.5),
+            ]
+        )
+    else:
+        scheduler = lr_scheduler.OneCycleLR(optimizer, max_lr=[0.1, 0.2], total_steps=60)
+    return optimizer, scheduler
+
+
+# --------------------------------------------------------------------- the comparison
+
+
+def close(ours, theirs, tolerance, message, terms=1.0):
+    """Equal to ``tolerance`` relative to the leaf's scale, times ``terms`` for a momentum
+    buffer: with momentum 0.9 it sums about 10 gradients, each with its own rounding."""
+    theirs = np.asarray(theirs, np.float64)
+    scale = terms * float(np.max(np.abs(theirs), initial=1.0))
+    np.testing.assert_allclose(
+        np.asarray(ours, np.float64),
+        theirs,
+        rtol=tolerance,
+        atol=tolerance * scale,
+        err_msg=message,
+    )
+
+
+def assert_same(run_params, run_state, model, optimizer, tolerance, where):
+    for name, p in model.named_parameters():
+        close(run_params[name], p.detach().numpy(), tolerance, f"{name} {where}")
+    ours = sgdx.momentum_buffers(run_state)
+    for name, p in model.named_parameters():
+        theirs = optimizer.state[p].get("momentum_buffer")
+        assert (ours[name] is None) == (theirs is None), f"{name} buffer {where}"
+        if theirs is not None:
+            close(ours[name], theirs.numpy(), tolerance, f"{name} buffer {where}", terms=10.0)
+    for i, group in enumerate(optimizer.param_groups):
+        hyper = sgdx.get_hyperparams(run_state, group=str(i))
+        np.testing.assert_allclose(
+            float(hyper["learning_rate"]), group["lr"], rtol=tolerance, err_msg=f"lr {i} {where}"
+        )
+        if "momentum" in hyper:
+            np.testing.assert_allclose(
+                float(hyper["momentum"]), group["momentum"], rtol=tolerance, err_msg=where
+            )
+
+
+def hand_over_and_back(make, dtype, total, to_jax, to_torch, per_epoch=None, frozen_until=0):
+    """The uninterrupted torch run; a run handed to sgdx after ``to_jax`` updates and back to
+    torch after ``to_torch``; compared after every update. ``frozen_until``: fc2.bias has no
+    gradient for that many updates (its buffer starts late)."""
+    tolerance = TOLERANCE[dtype]
+
+    def frozen(k):
+        return ("fc2.bias",) if k < frozen_until else ()
+
+    def scheduler_step(scheduler, k):
+        if per_epoch is None or (k + 1) % per_epoch == 0:
+            scheduler.step()
+
+    reference = Net(dtype)
+    ref_opt, ref_sched = make(reference)
+    model = Net(dtype)
+    optimizer, scheduler = make(model)
+    for k in range(to_jax):
+        torch_step(reference, ref_opt, k, frozen(k))
+        scheduler_step(ref_sched, k)
+        torch_step(model, optimizer, k, frozen(k))
+        scheduler_step(scheduler, k)
+    run = torch_interop.from_torch(
+        optimizer,
+        model,
+        scheduler,
+        steps_per_epoch=per_epoch,
+        step_in_epoch=None if per_epoch is None else to_jax % per_epoch,
+    )
+    state, params = run.state, run.params
+    for k in range(to_jax, to_torch):
+        torch_step(reference, ref_opt, k, frozen(k))
+        scheduler_step(ref_sched, k)
+        state, params = sgdx_step(run.tx, state, params, k, frozen(k))
+        assert_same(params, state, reference, ref_opt, tolerance, f"after update {k + 1} (sgdx)")
+
+    checkpoint = torch_interop.to_torch(run, state, params)
+    model = Net(dtype)
+    optimizer, scheduler = make(model)  # the recipe builds them afresh, as on a restart
+    optimizer.load_state_dict(checkpoint.optimizer)
+    scheduler.load_state_dict(checkpoint.scheduler)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(checkpoint.parameters[name])
+    if per_epoch is not None:
+        assert checkpoint.step_in_epoch == to_torch % per_epoch
+    for k in range(to_torch, total):
+        torch_step(reference, ref_opt, k, frozen(k))
+        scheduler_step(ref_sched, k)
+        torch_step(model, optimizer, k, frozen(k))
+        scheduler_step(scheduler, k)
+        for (name, a), b in zip(model.named_parameters(), reference.parameters(), strict=True):
+            close(a.detach().numpy(), b.detach().numpy(), tolerance, f"{name} after {k + 1}")
+        for a, b in zip(optimizer.param_groups, ref_opt.param_groups, strict=True):
+            assert a["lr"] == pytest.approx(b["lr"], rel=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize(
+    ("nesterov", "warmup", "main"),
+    [
+        (False, "linear", "cosine"),
+        (True, "linear", "step"),
+        (True, "constant", "exponential"),
+        (False, "constant", "cosine"),
+    ],
+)
+def test_torchvision_recipe_hand_over_mid_warmup_and_back_mid_epoch(nesterov, warmup, main, dtype):
+    """15 epochs of 4 updates (60 updates: the warmup, the hand-over to the main scheduler,
+    and two or more later learning-rate changes); to sgdx in epoch 1 (mid-warmup, after
+    update 6), back to torch in epoch 9 (after update 37, mid-epoch)."""
+    make = functools.partial(
+        torchvision_setup, nesterov=nesterov, warmup=warmup, main=main, epochs=15, warmup_epochs=3
+    )
+    hand_over_and_back(make, dtype, total=60, to_jax=6, to_torch=37, per_epoch=4, frozen_until=9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("kind", ["chained", "one_cycle"])
+def test_per_iteration_recipe_hand_over_and_back(kind, dtype):
+    """Per-iteration schedulers with a 2x bias group; to sgdx mid-warmup (after update 5),
+    back to torch after update 41 (past every milestone / the peak)."""
+    make = functools.partial(per_iteration_setup, kind=kind)
+    hand_over_and_back(make, dtype, total=60, to_jax=5, to_torch=41, frozen_until=7)
+
+
+# ------------------------------------------------------------------- ReduceLROnPlateau
+
+
+def plateau_metric(epoch):
+    return 2.0 / (1 + epoch) if epoch < 4 else 0.5 + 1e-6 * epoch  # then a plateau
+
+
+def test_plateau_resume_after_reductions_and_back():
+    """Stepped per epoch with a validation metric, as torch's documentation shows; handed to
+    sgdx after two reductions, back to torch after a third, with the cooldown running."""
+    per_epoch, epochs = 3, 24
+
+    def make(model):
+        optimizer = torch.optim.SGD(
+            [
+                {"params": [model.fc1.weight, model.fc2.weight]},
+                {"params": [model.fc1.bias], "lr": 0.05},
+            ],
+            lr=0.1,
+            momentum=0.9,
+        )
+        return optimizer, lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=0.5, patience=1, cooldown=1, min_lr=[0.0, 0.01]
+        )
+
+    reference, model = Net(torch.float64), Net(torch.float64)
+    (ref_opt, ref_sched), (optimizer, scheduler) = make(reference), make(model)
+    handed, back = 10 * per_epoch, 17 * per_epoch
+    for k in range(handed):
+        for m, o, s in ((reference, ref_opt, ref_sched), (model, optimizer, scheduler)):
+            torch_step(m, o, k)
+            if (k + 1) % per_epoch == 0:
+                s.step(plateau_metric(k // per_epoch))
+    assert ref_opt.param_groups[0]["lr"] < 0.05  # reduced twice already
+    run = torch_interop.from_torch(optimizer, model, scheduler)
+    state, params, plateau_state = run.state, run.params, run.plateau_state
+    for k in range(handed, back):
+        torch_step(reference, ref_opt, k)
+        state, params = sgdx_step(run.tx, state, params, k)
+        if (k + 1) % per_epoch == 0:
+            ref_sched.step(plateau_metric(k // per_epoch))
+            plateau_state, state = run.plateau.step(
+                plateau_state, state, plateau_metric(k // per_epoch)
+            )
+            assert int(plateau_state.num_bad_epochs) == ref_sched.num_bad_epochs
+            assert int(plateau_state.cooldown_counter) == ref_sched.cooldown_counter
+        for i, group in enumerate(ref_opt.param_groups):
+            lr = float(sgdx.get_hyperparams(state, group=str(i))["learning_rate"])
+            assert lr == pytest.approx(group["lr"], rel=1e-12)
+        for name in ("fc1.weight", "fc2.weight", "fc1.bias"):
+            np.testing.assert_allclose(params[name], named_ref(reference)[name], rtol=1e-12)
+    checkpoint = torch_interop.to_torch(run, state, params, plateau_state)
+    model = Net(torch.float64)
+    optimizer, scheduler = make(model)
+    optimizer.load_state_dict(checkpoint.optimizer)
+    scheduler.load_state_dict(checkpoint.scheduler)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(checkpoint.parameters[name])
+    for k in range(back, epochs * per_epoch):
+        for m, o, s in ((reference, ref_opt, ref_sched), (model, optimizer, scheduler)):
+            torch_step(m, o, k)
+            if (k + 1) % per_epoch == 0:
+                s.step(plateau_metric(k // per_epoch))
+        for a, b in zip(optimizer.param_groups, ref_opt.param_groups, strict=True):
+            assert a["lr"] == b["lr"]
+        for (name, a), b in zip(model.named_parameters(), reference.parameters(), strict=True):
+            close(a.detach().numpy(), b.detach().numpy(), 1e-12, f"{name} after {k + 1}")
+
+
+def named_ref(model):
+    return {n: p.detach().numpy() for n, p in model.named_parameters()}
+
+
+# --------------------------------------------------------------------- the failures
+
+
+def test_exported_lr_is_the_next_steps():
+    """Written after k updates, a group's lr is the one torch uses for update k + 1 (the
+    scheduler has already stepped), not the one of update k."""
+    tx = sgdx.inject_hyperparams(sgdx.sgd)(
+        sgdx.schedules.sequential(
+            [
+                sgdx.schedules.linear_lr(0.1, 0.1, 1.0, 5),
+                sgdx.schedules.cosine_annealing_lr(0.1, 20),
+            ],
+            [5],
+        ),
+        momentum=0.9,
+    )
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    for _ in range(3):
+        _, state = tx.update({"w": jnp.ones(3)}, state, params)
+    written = torch_interop.state_dict(state, params, ["w"], nesterov=False, maximize=False)
+    w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    warmup = lr_scheduler.LinearLR(optimizer, 0.1, 1.0, 5)
+    scheduler = lr_scheduler.SequentialLR(
+        optimizer, [warmup, lr_scheduler.CosineAnnealingLR(optimizer, 20)], [5]
+    )
+    for _ in range(3):
+        w.grad = torch.ones(3, dtype=torch.float64)
+        optimizer.step()
+        scheduler.step()
+    assert written["param_groups"][0]["lr"] == pytest.approx(
+        optimizer.param_groups[0]["lr"], rel=1e-12
+    )
+
+
+def _checkpoint(**options):
+    model = Net(torch.float64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, **options)
+    torch_step(model, optimizer, 0)
+    names = [n for n, _ in model.named_parameters()]
+    params = {n: jnp.asarray(p.detach().numpy()) for n, p in model.named_parameters()}
+    return optimizer.state_dict(), params, names
+
+
+@pytest.mark.parametrize(
+    ("options", "built", "message"),
+    [
+        ({"momentum": 0.9, "nesterov": True}, {"momentum": 0.9}, "nesterov=True"),
+        ({"momentum": 0.9, "maximize": True}, {"momentum": 0.9}, "maximize=True"),
+        ({"momentum": 0.9}, {}, "momentum=0.9.*momentum off"),
+        ({}, {"momentum": 0.9}, "momentum=0.*momentum on"),
+        ({"momentum": 0.9, "dampening": 0.5}, {"momentum": 0.9}, "dampening=0.5"),
+        ({"weight_decay": 0.1}, {}, "weight_decay=0.1.*without weight decay"),
+    ],
+    ids=["nesterov", "maximize", "momentum-off", "momentum-on", "dampening", "weight-decay"],
+)
+def test_checkpoint_of_another_configuration_raises_naming_the_flag(options, built, message):
+    checkpoint, params, names = _checkpoint(**options)
+    tx = sgdx.inject_hyperparams(sgdx.sgd)(0.1, **built)
+    state = tx.init(params)
+    before = copy.deepcopy(jax.device_get(state))
+    with pytest.raises(ValueError, match=rf"param_groups\[0\].*{message}"):
+        torch_interop.load_state_dict(
+            checkpoint, state, params, names, nesterov=False, maximize=False
+        )
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), before)  # unchanged
+
+
+def test_flags_must_be_given_to_export_and_import():
+    checkpoint, params, names = _checkpoint(momentum=0.9, nesterov=True)
+    state = sgdx.inject_hyperparams(sgdx.sgd)(0.1, 0.9, nesterov=True).init(params)
+    with pytest.raises(TypeError, match="nesterov"):
+        torch_interop.state_dict(state, params, names)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="nesterov"):
+        torch_interop.load_state_dict(checkpoint, state, params, names)  # type: ignore[call-arg]
+
+
+def test_older_checkpoints_get_torchs_backfilled_defaults():
+    """torch's test_can_load_older_state_dict: param groups written before maximize,
+    foreach, fused and differentiable existed (and nesterov, in the oldest)."""
+    checkpoint, params, names = _checkpoint(momentum=0.9)
+    for group in checkpoint["param_groups"]:
+        for key in ("maximize", "foreach", "fused", "differentiable", "nesterov"):
+            del group[key]
+    tx = sgdx.inject_hyperparams(sgdx.sgd)(0.1, 0.9)
+    state = torch_interop.load_state_dict(
+        checkpoint, tx.init(params), params, names, nesterov=False, maximize=False
+    )
+    assert sgdx.momentum_buffers(state)["fc1.weight"] is not None
+
+
+def test_per_epoch_scheduler_needs_the_step_within_the_epoch():
+    model = Net(torch.float64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = lr_scheduler.StepLR(optimizer, 2)
+    with pytest.raises(ValueError, match="step_in_epoch"):
+        torch_interop.from_torch(optimizer, model, scheduler, steps_per_epoch=4)
+
+
+def test_position_comes_from_the_scheduler():
+    """No hand-computed count: after 7 per-iteration updates the run is at update 7."""
+    model = Net(torch.float64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = lr_scheduler.LinearLR(optimizer, 0.1, 1.0, total_iters=10)
+    for k in range(7):
+        torch_step(model, optimizer, k)
+        scheduler.step()
+    run = torch_interop.from_torch(optimizer, model, scheduler)
+    assert int(run.state.groups["0"].count) == 7
+    lr = float(sgdx.get_hyperparams(run.state, group="0")["learning_rate"])
+    assert lr == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12)
+
+
+def test_unconvertible_schedulers_say_what_to_pass():
+    model = Net(torch.float64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    cyclic = lr_scheduler.CyclicLR(optimizer, 0.01, 0.1)
+    with pytest.raises(TypeError, match="schedules="):
+        torch_interop.from_torch(optimizer, model, cyclic)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    python_only = lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0 if epoch < 3 else 0.1)
+    with pytest.raises(TypeError, match=r"(?s)cannot be traced by JAX.*schedules="):
+        torch_interop.from_torch(optimizer, model, python_only)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    traceable = lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.9**epoch)
+    with jax.numpy_dtype_promotion("standard"):  # float ** int, as a user's JAX has it
+        run = torch_interop.from_torch(optimizer, model, traceable)
+    assert float(sgdx.get_hyperparams(run.state, group="0")["learning_rate"]) == pytest.approx(0.1)
+
+
+def test_schedules_given_instead_of_the_scheduler():
+    """A scheduler sgdx cannot convert is replaced by sgdx schedules; the hand-back still
+    writes the scheduler's own state (a copy of it stepped forward)."""
+
+    def make(model):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return optimizer, lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0 if epoch < 3 else 0.1)
+
+    model = Net(torch.float64)
+    optimizer, scheduler = make(model)
+    torch_step(model, optimizer, 0)
+    scheduler.step()
+    schedule = lambda count: jnp.where(count < 3, 0.1, 0.01)  # noqa: E731
+    run = torch_interop.from_torch(optimizer, model, scheduler, schedules=[schedule])
+    state, params = run.state, run.params
+    for k in range(1, 5):
+        state, params = sgdx_step(run.tx, state, params, k)
+    checkpoint = torch_interop.to_torch(run, state, params)
+    assert checkpoint.scheduler["last_epoch"] == 5
+    assert checkpoint.optimizer["param_groups"][0]["lr"] == pytest.approx(0.01)
