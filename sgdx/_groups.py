@@ -61,6 +61,24 @@ def _mask(tree: PyTree, labels: list[str], keep: str) -> PyTree:
     )
 
 
+def _scaled(config: dict[str, Any], label: str) -> dict[str, Any]:
+    """``config`` with its ``learning_rate_scale`` applied to its learning rate."""
+    if "learning_rate_scale" not in config:
+        return config
+    config = dict(config)
+    scale = config.pop("learning_rate_scale")
+    _hyperparams.check_hyperparameter(scale, "learning_rate_scale")
+    number = _hyperparams.concrete(scale)
+    if number is not None and number < 0:
+        raise ValueError(f"param_groups: group {label!r} has learning_rate_scale {scale} < 0.")
+    learning_rate = config.get("learning_rate")
+    if callable(learning_rate):
+        config["learning_rate"] = lambda count: scale * learning_rate(count)
+    elif learning_rate is not None:
+        config["learning_rate"] = scale * learning_rate
+    return config
+
+
 def param_groups(
     labels: PyTree | Callable[[Params], PyTree],
     groups: Mapping[str, GroupConfig],
@@ -75,7 +93,10 @@ def param_groups(
     ``maximize``, ...), or to ``None`` for a frozen group, whose parameters get no update
     (a ``None`` update) and keep no buffer. This is torch's
     ``SGD([{"params": ..., "lr": 0.1}, {"params": ...}], lr=0.01, momentum=0.9)``: a key a
-    group leaves out is inherited from the defaults.
+    group leaves out is inherited from the defaults. A group's ``learning_rate_scale`` multiplies
+    the learning rate it has (inherited or its own, a number or a schedule): one shared
+    schedule with a per-group multiplier, as Detectron2's ``BIAS_LR_FACTOR`` or timm's
+    ``lr_scale`` (layer decay) give.
 
     Each group's numeric hyperparameters live in the state (as with
     :func:`inject_hyperparams`): read and change them with :func:`get_hyperparams` /
@@ -110,11 +131,17 @@ def param_groups(
       [-0.5 -0.5] [-0.25 -0.25] None
     """
     for name, config in [("defaults", defaults), *groups.items()]:
-        unknown = sorted(set(config or {}) - set(_SGD_ARGUMENTS))
+        if config is not None and not isinstance(config, Mapping):
+            raise TypeError(
+                f"param_groups: group {name!r} must map sgdx.sgd argument names to values (or "
+                f"be None, frozen), got {type(config).__name__}."
+            )
+        unknown = sorted(set(config or {}) - {*_SGD_ARGUMENTS, "learning_rate_scale"})
         if unknown:
             raise ValueError(
                 f"param_groups: unknown hyperparameter(s) {unknown} in {name!r}; sgdx.sgd takes "
-                f"{list(_SGD_ARGUMENTS)} (torch's 'lr' is 'learning_rate')."
+                f"{list(_SGD_ARGUMENTS)} (torch's 'lr' is 'learning_rate'), and a group "
+                "learning_rate_scale."
             )
     if "learning_rate" not in defaults and any(
         config is not None and "learning_rate" not in config for config in groups.values()
@@ -123,7 +150,7 @@ def param_groups(
             "param_groups: a group has no learning_rate; give one in defaults or in every group."
         )
     optimizers = {
-        label: inject_hyperparams(sgd)(**{**defaults, **config})
+        label: inject_hyperparams(sgd)(**_scaled({**defaults, **config}, label))
         for label, config in groups.items()
         if config is not None
     }

@@ -35,6 +35,8 @@ __all__ = [
     "polynomial_lr",
     "sequential",
     "step_lr",
+    "warmup",
+    "warmup_from",
 ]
 
 
@@ -388,3 +390,81 @@ def per_epoch(schedule: Schedule, steps_per_epoch: int) -> Schedule:
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch}.")
     return lambda count: schedule(jnp.asarray(count) // steps_per_epoch)
+
+
+def _check_warmup(warmup_steps: int) -> None:
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
+        raise ValueError(f"warmup_steps must be a positive integer, got {warmup_steps!r}.")
+
+
+def warmup(
+    schedule: Schedule,
+    warmup_steps: int,
+    warmup_factor: float = 0.001,
+    method: Literal["linear", "constant"] = "linear",
+) -> Schedule:
+    r"""A warmup that hands over to ``schedule`` without restarting it (Detectron2's
+    ``WarmupParamScheduler``, its ``WARMUP_ITERS`` / ``WARMUP_FACTOR`` / ``WARMUP_METHOD``).
+
+    For :math:`t < W` (``warmup_steps``) the value starts at :math:`f \cdot s(0)` and,
+    with ``method="linear"``, rises linearly to :math:`s(W)`, the value ``schedule``
+    :math:`s` has where the warmup ends; ``"constant"`` stays at :math:`f \cdot s(0)`.
+    From :math:`W` on it is :math:`s(t)`: the main schedule keeps its own time, unlike
+    :func:`sequential` (torch's SequentialLR), which restarts it.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> main = schedules.multistep_lr(1.0, milestones=[4], gamma=0.1)
+      >>> schedule = schedules.warmup(main, warmup_steps=2, warmup_factor=0.5)
+      >>> [float(schedule(t)) for t in range(6)]
+      [0.5, 0.75, 1.0, 1.0, 0.1, 0.1]
+    """
+    _check_warmup(warmup_steps)
+    _hyperparams.check_hyperparameter(warmup_factor, "warmup_factor")
+    if method not in ("linear", "constant"):
+        raise ValueError(f"method must be 'linear' or 'constant', got {method!r}.")
+
+    def warmed(count: jax.Array) -> jax.Array:
+        t = jnp.asarray(count)
+        start = warmup_factor * jnp.asarray(schedule(jnp.zeros_like(t)))
+        if method == "linear":
+            end = jnp.asarray(schedule(jnp.full_like(t, warmup_steps)))
+            progress = _float(t) / warmup_steps
+            value = end * progress + start * (1 - progress)
+        else:
+            value = start
+        return jnp.where(t < warmup_steps, value, schedule(t))
+
+    return warmed
+
+
+def warmup_from(
+    schedule: Schedule, warmup_steps: int, warmup_lr: float, *, prefix: bool = False
+) -> Schedule:
+    r"""A linear warmup from a learning rate of its own (timm's ``warmup_t`` /
+    ``warmup_lr_init`` / ``warmup_prefix``).
+
+    For :math:`t < W` (``warmup_steps``): :math:`\eta_w + t (s(0) - \eta_w) / W`, from
+    ``warmup_lr`` :math:`\eta_w` towards the schedule's start :math:`s(0)`. From :math:`W`
+    on: :math:`s(t - W)` with ``prefix`` (the schedule starts after the warmup), else
+    :math:`s(t)` (the warmup overlays the schedule's first steps).
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> main = schedules.exponential_lr(1.0, 0.5)
+      >>> [float(schedules.warmup_from(main, 2, 0.0)(t)) for t in range(4)]
+      [0.0, 0.5, 0.25, 0.125]
+      >>> [float(schedules.warmup_from(main, 2, 0.0, prefix=True)(t)) for t in range(4)]
+      [0.0, 0.5, 1.0, 0.5]
+    """
+    _check_warmup(warmup_steps)
+    _hyperparams.check_hyperparameter(warmup_lr, "warmup_lr")
+
+    def warmed(count: jax.Array) -> jax.Array:
+        t = jnp.asarray(count)
+        base = jnp.asarray(schedule(jnp.zeros_like(t)))
+        value = warmup_lr + _float(t) * ((base - warmup_lr) / warmup_steps)
+        after = schedule(jnp.maximum(t - warmup_steps, 0)) if prefix else schedule(t)
+        return jnp.where(t < warmup_steps, value, after)
+
+    return warmed

@@ -160,7 +160,9 @@ def assert_same(run_params, run_state, model, optimizer, tolerance, where):
             )
 
 
-def hand_over_and_back(make, dtype, total, to_jax, to_torch, per_epoch=None, frozen_until=0):
+def hand_over_and_back(
+    make, dtype, total, to_jax, to_torch, per_epoch=None, frozen_until=0, schedules=None
+):
     """The uninterrupted torch run; a run handed to sgdx after ``to_jax`` updates and back to
     torch after ``to_torch``; compared after every update. ``frozen_until``: fc2.bias has no
     gradient for that many updates (its buffer starts late)."""
@@ -188,6 +190,7 @@ def hand_over_and_back(make, dtype, total, to_jax, to_torch, per_epoch=None, fro
         scheduler,
         steps_per_epoch=per_epoch,
         step_in_epoch=None if per_epoch is None else to_jax % per_epoch,
+        schedules=schedules,
     )
     state, params = run.state, run.params
     for k in range(to_jax, to_torch):
@@ -244,6 +247,114 @@ def test_per_iteration_recipe_hand_over_and_back(kind, dtype):
     back to torch after update 41 (past every milestone / the peak)."""
     make = functools.partial(per_iteration_setup, kind=kind)
     hand_over_and_back(make, dtype, total=60, to_jax=5, to_torch=41, frozen_until=7)
+
+
+BASE_LR, MAX_ITER, WARMUP_ITERS, WARMUP_FACTOR, BIAS_LR_FACTOR = 0.1, 60, 10, 0.001, 2.0
+
+
+def detectron2_groups(model):
+    """Detectron2's get_default_optimizer_params, merged into groups of equal options: norm
+    weights without weight decay (WEIGHT_DECAY_NORM 0), every bias at BIAS_LR_FACTOR times
+    the learning rate (WEIGHT_DECAY_BIAS = WEIGHT_DECAY), the rest at the defaults."""
+    groups = {"weights": [], "biases": [], "norm": []}
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if name == "bias":
+                groups["biases"].append(p)
+            elif isinstance(module, torch.nn.BatchNorm1d):
+                groups["norm"].append(p)
+            else:
+                groups["weights"].append(p)
+    return groups
+
+
+def detectron2_setup(model, *, main):
+    """Detectron2's solver, stepped per iteration: SGD over those groups and its LR
+    multiplier, fvcore's real ParamSchedulers (the warmup composite Detectron2 builds: a
+    linear warmup from WARMUP_FACTOR x the start to where the main schedule is at
+    WARMUP_ITERS, rescaled, then the main schedule on its own clock) evaluated at
+    iteration / MAX_ITER, as a LambdaLR."""
+    fv = pytest.importorskip("fvcore.common.param_scheduler")
+    groups = detectron2_groups(model)
+    optimizer = torch.optim.SGD(
+        [
+            {"params": groups["weights"]},
+            {"params": groups["biases"], "lr": BASE_LR * BIAS_LR_FACTOR},
+            {"params": groups["norm"], "weight_decay": 0.0},
+        ],
+        lr=BASE_LR,
+        momentum=0.9,
+        weight_decay=1e-4,
+    )
+    if main == "multistep":
+        schedule = fv.MultiStepParamScheduler([1.0, 0.1, 0.01], MAX_ITER, milestones=[30, 45])
+    else:
+        schedule = fv.CosineParamScheduler(1.0, 0.0)
+    length = WARMUP_ITERS / MAX_ITER
+    warmup = fv.LinearParamScheduler(WARMUP_FACTOR * schedule(0.0), schedule(length))
+    multiplier = fv.CompositeParamScheduler(
+        [warmup, schedule], lengths=[length, 1 - length], interval_scaling=["rescaled", "fixed"]
+    )
+    return optimizer, lr_scheduler.LambdaLR(optimizer, lambda it: multiplier(it / MAX_ITER))
+
+
+def detectron2_port(main):
+    """The same solver in sgdx: one shared schedule (sgdx.schedules.warmup over the main
+    schedule, not restarting it) and the bias group's learning_rate_scale."""
+    if main == "multistep":
+        schedule = sgdx.schedules.multistep_lr(BASE_LR, [30, 45], gamma=0.1)
+    else:
+        schedule = sgdx.schedules.cosine_annealing_lr(BASE_LR, MAX_ITER)
+    return sgdx.schedules.warmup(schedule, WARMUP_ITERS, WARMUP_FACTOR)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("main", ["multistep", "cosine"])
+def test_detectron2_solver_ported_to_sgdx_tracks_torch(main, dtype):
+    """The sgdx recipe (param_groups with learning_rate_scale, schedules.warmup) from the
+    start, against the torch solver, over 60 iterations crossing the warmup and two
+    learning-rate changes."""
+    tolerance = TOLERANCE[dtype]
+    model = Net(dtype)
+    optimizer, scheduler = detectron2_setup(model, main=main)
+    groups = detectron2_groups(model)
+    label_of = {id(p): label for label, ps in groups.items() for p in ps}
+    labels = {n: label_of[id(p)] for n, p in model.named_parameters()}
+    tx = sgdx.param_groups(
+        labels,
+        {
+            "weights": {},
+            "biases": {"learning_rate_scale": BIAS_LR_FACTOR},
+            "norm": {"weight_decay": 0.0},
+        },
+        learning_rate=detectron2_port(main),
+        momentum=0.9,
+        weight_decay=1e-4,
+    )
+    params = {n: jnp.asarray(p.detach().numpy()) for n, p in model.named_parameters()}
+    state = tx.init(params)
+    for k in range(MAX_ITER):
+        for i, label in enumerate(("weights", "biases", "norm")):
+            lr = float(sgdx.get_hyperparams(state, group=label)["learning_rate"])
+            assert lr == pytest.approx(optimizer.param_groups[i]["lr"], rel=tolerance), (k, label)
+        torch_step(model, optimizer, k)
+        scheduler.step()
+        state, params = sgdx_step(tx, state, params, k)
+        for name, p in model.named_parameters():
+            close(params[name], p.detach().numpy(), tolerance, f"{name} after {k + 1}")
+            buffer = optimizer.state[p]["momentum_buffer"].numpy()
+            ours = sgdx.momentum_buffers(state)[name]
+            close(ours, buffer, tolerance, f"{name} buffer after {k + 1}", terms=10.0)
+
+
+@pytest.mark.parametrize("main", ["multistep", "cosine"])
+def test_detectron2_solver_hand_over_mid_warmup_and_back(main):
+    """Its LR multiplier is a Python function JAX cannot trace, so the hand-over takes the
+    sgdx schedules in its place; the hand-back still writes the LambdaLR's own state."""
+    schedule = detectron2_port(main)
+    schedules = [lambda c: schedule(c), lambda c: BIAS_LR_FACTOR * schedule(c), schedule]
+    make = functools.partial(detectron2_setup, main=main)
+    hand_over_and_back(make, torch.float64, MAX_ITER, 5, 41, frozen_until=7, schedules=schedules)
 
 
 # ------------------------------------------------------------------- ReduceLROnPlateau
