@@ -4,13 +4,16 @@ Each returns a schedule ``count -> lr``, where ``count`` is the number of update
 applied, equal to torch's ``last_epoch`` when the torch scheduler is stepped after every
 ``optimizer.step()``. Pass it as ``sgdx.sgd(learning_rate=...)``. Each matches the sequence
 of the torch scheduler it is named after (to float64 rounding: torch computes some of them
-recursively, these in closed form).
+recursively, these in closed form). With x64 off, bounded and periodic schedules and powers
+of ``gamma`` are evaluated from float64 tables, so each float32 value is float32(torch's
+float64 value) to 1 ulp.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +47,83 @@ def _float(count: jax.Array) -> jax.Array:
     return jnp.asarray(count).astype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
+# With x64 off (JAX's default) a float32 evaluation of these formulas drifts from torch's
+# float64 values as the count grows (a 90k-step cosine: thousands of steps off by more than
+# 1e-6, the last ones by orders of magnitude). There, every schedule below that is bounded
+# (or periodic) reads its values from a table of the float64 formula rounded once to
+# float32, and powers gamma ** t are taken in float32 pairs from float64 tables: each value
+# is float32(torch's float64 value) to 1 ulp. Longer tables than this are not built (the
+# float32 formula runs instead).
+_TABLE_LIMIT = 1 << 20
+
+
+def _float32_run() -> bool:
+    return _hyperparams.default_float() == np.float32
+
+
+def _tabulated(
+    formula: Schedule,
+    exact: Callable[[np.ndarray], np.ndarray],
+    length: int,
+    period: int | None = None,
+    constant_after: bool = True,
+) -> Schedule:
+    """``formula``, or with x64 off ``exact`` (the same schedule in numpy float64) rounded
+    once to float32 and looked up: over counts ``[0, length)``, the count taken modulo
+    ``period`` (``= length``) for a periodic schedule, else clamped to the last entry for a
+    schedule ``constant_after`` it, or handed to ``formula`` past the table."""
+
+    @functools.cache
+    def table() -> np.ndarray:
+        return np.asarray(exact(np.arange(length, dtype=np.float64)), np.float32)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        if not _float32_run() or length > _TABLE_LIMIT:
+            return jnp.asarray(formula(count))
+        t = jnp.asarray(count, jnp.int32)
+        index = t % period if period else jnp.clip(t, 0, length - 1)
+        value = jnp.asarray(table())[index]
+        if period or constant_after:
+            return value
+        return jnp.where(t < length, value, jnp.asarray(formula(count)).astype(value.dtype))
+
+    return schedule
+
+
+def _two_product(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``a * b`` as the float32 pair ``(p, e)`` with ``p + e`` exact (Dekker's product)."""
+
+    def split(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        c = np.float32(4097.0) * x  # 2**12 + 1: float32's 24-bit significand in halves
+        hi = c - (c - x)
+        return hi, x - hi
+
+    p = a * b
+    (ah, al), (bh, bl) = split(a), split(b)
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def _power(base_lr: float, gamma: float, exponent: jax.Array) -> jax.Array:
+    """``base_lr * gamma ** exponent``; with x64 off, from float64 tables of
+    ``base_lr * gamma ** (1024 i)`` and ``gamma ** j`` held as float32 pairs and multiplied
+    as pairs, then rounded once (exponents below 2**20; the float32 formula above)."""
+    if not _float32_run():
+        return base_lr * gamma ** _float(exponent)
+    k = jnp.asarray(exponent, jnp.int32)
+    steps = np.arange(1024, dtype=np.float64)
+    pairs = []
+    for values in (base_lr * gamma ** (1024 * steps), gamma**steps):
+        hi = values.astype(np.float32)
+        pairs.append((hi, (values - hi).astype(np.float32)))
+    (high_hi, high_lo), (low_hi, low_lo) = pairs
+    i, j = jnp.clip(k // 1024, 0, 1023), k % 1024
+    a_hi, a_lo = jnp.asarray(high_hi)[i], jnp.asarray(high_lo)[i]
+    b_hi, b_lo = jnp.asarray(low_hi)[j], jnp.asarray(low_lo)[j]
+    p, e = _two_product(a_hi, b_hi)
+    exact = p + (e + (a_hi * b_lo + a_lo * b_hi))
+    return jnp.where(k < _TABLE_LIMIT, exact, base_lr * gamma ** _float(exponent))
+
+
 def _check(base_lr: float, gamma: float | None = None) -> None:
     _hyperparams.check_hyperparameter(base_lr, "base_lr")
     if gamma is not None:
@@ -62,7 +142,7 @@ def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     _check(base_lr, gamma)
     if step_size < 1:
         raise ValueError(f"step_size must be a positive integer, got {step_size}.")
-    return lambda count: base_lr * gamma ** _float(jnp.asarray(count) // step_size)
+    return lambda count: _power(base_lr, gamma, jnp.asarray(count) // step_size)
 
 
 def multistep_lr(base_lr: float, milestones: Sequence[int], gamma: float = 0.1) -> Schedule:
@@ -79,7 +159,7 @@ def multistep_lr(base_lr: float, milestones: Sequence[int], gamma: float = 0.1) 
 
     def schedule(count: jax.Array) -> jax.Array:
         passed = jnp.sum(jnp.asarray(marks) <= jnp.asarray(count))
-        return base_lr * gamma ** _float(passed)
+        return _power(base_lr, gamma, passed)
 
     return schedule
 
@@ -93,7 +173,7 @@ def exponential_lr(base_lr: float, gamma: float) -> Schedule:
       [1.0, 0.5, 0.25]
     """
     _check(base_lr, gamma)
-    return lambda count: base_lr * gamma ** _float(count)
+    return lambda count: _power(base_lr, gamma, count)
 
 
 def cosine_annealing_lr(base_lr: float, t_max: int, eta_min: float = 0.0) -> Schedule:
@@ -113,7 +193,10 @@ def cosine_annealing_lr(base_lr: float, t_max: int, eta_min: float = 0.0) -> Sch
         phase = jnp.pi * _float(count) / t_max
         return eta_min + (base_lr - eta_min) * (1 + jnp.cos(phase)) / 2
 
-    return schedule
+    def exact(t: np.ndarray) -> np.ndarray:
+        return eta_min + (base_lr - eta_min) * (1 + np.cos(np.pi * t / t_max)) / 2
+
+    return _tabulated(schedule, exact, 2 * t_max, period=2 * t_max)
 
 
 def constant_lr(base_lr: float, factor: float = 1 / 3, total_iters: int = 5) -> Schedule:
@@ -153,7 +236,11 @@ def linear_lr(
         progress = jnp.minimum(_float(count), total_iters) / total_iters
         return base_lr * (start_factor + (end_factor - start_factor) * progress)
 
-    return schedule
+    def exact(t: np.ndarray) -> np.ndarray:
+        progress = np.minimum(t, total_iters) / total_iters
+        return np.asarray(base_lr * (start_factor + (end_factor - start_factor) * progress))
+
+    return _tabulated(schedule, exact, total_iters + 1)
 
 
 def polynomial_lr(base_lr: float, total_iters: int = 5, power: float = 1.0) -> Schedule:
@@ -165,9 +252,14 @@ def polynomial_lr(base_lr: float, total_iters: int = 5, power: float = 1.0) -> S
       [1.0, 0.25, 0.0]
     """
     _check(base_lr)
-    return lambda count: (
-        base_lr * (1 - jnp.minimum(_float(count), total_iters) / total_iters) ** power
-    )
+
+    def schedule(count: jax.Array) -> jax.Array:
+        return base_lr * (1 - jnp.minimum(_float(count), total_iters) / total_iters) ** power
+
+    def exact(t: np.ndarray) -> np.ndarray:
+        return np.asarray(base_lr * (1 - np.minimum(t, total_iters) / total_iters) ** power)
+
+    return _tabulated(schedule, exact, total_iters + 1)
 
 
 def cosine_annealing_warm_restarts(
@@ -199,21 +291,36 @@ def cosine_annealing_warm_restarts(
         phase = jnp.pi * _float(t - start) / _float(length)
         return eta_min + (base_lr - eta_min) * (1 + jnp.cos(phase)) / 2
 
-    return schedule
+    def exact(t: np.ndarray) -> np.ndarray:
+        start, length = np.zeros_like(t), np.full_like(t, t_0)
+        while np.any(late := t >= start + length):
+            start, length = (
+                np.where(late, start + length, start),
+                np.where(late, length * t_mult, length),
+            )
+        return np.asarray(
+            eta_min + (base_lr - eta_min) * (1 + np.cos(np.pi * (t - start) / length)) / 2
+        )
+
+    if t_mult == 1:
+        return _tabulated(schedule, exact, t_0, period=t_0)
+    return _tabulated(schedule, exact, _TABLE_LIMIT, constant_after=False)  # growing cycles
 
 
 Anneal = Literal["cos", "linear"]
 
 
 def _one_cycle(
-    count: jax.Array,
+    t: Any,
     total_steps: int,
     pct_start: float,
     three_phase: bool,
     anneal: Anneal,
     values: tuple[float, float, float],
-) -> jax.Array:
-    """OneCycle's phases over ``values = (start, peak, end)`` (as torch's get_lr)."""
+    xp: Any = jnp,
+) -> Any:
+    """OneCycle's phases over ``values = (start, peak, end)`` (as torch's get_lr), at float
+    counts ``t``, in ``xp`` (``jax.numpy``, or ``numpy`` for the float64 table)."""
     start, peak, end = values
     if three_phase:
         phases = [
@@ -223,17 +330,30 @@ def _one_cycle(
         ]
     else:
         phases = [(float(pct_start * total_steps) - 1, start, peak), (total_steps - 1.0, peak, end)]
-    t = _float(count)
-    value = jnp.asarray(0.0, t.dtype)
-    begin = 0.0
+    value = xp.zeros_like(t)
     for i, (finish, a, b) in reversed(list(enumerate(phases))):
         begin = phases[i - 1][0] if i else 0.0
         pct = (t - begin) / (finish - begin)
         annealed = (
-            b + (a - b) / 2 * (jnp.cos(jnp.pi * pct) + 1) if anneal == "cos" else (b - a) * pct + a
+            b + (a - b) / 2 * (xp.cos(xp.pi * pct) + 1) if anneal == "cos" else (b - a) * pct + a
         )
-        value = annealed if i == len(phases) - 1 else jnp.where(t <= finish, annealed, value)
+        value = annealed if i == len(phases) - 1 else xp.where(t <= finish, annealed, value)
     return value
+
+
+def _one_cycle_schedule(
+    total_steps: int,
+    pct_start: float,
+    three_phase: bool,
+    anneal: Anneal,
+    values: tuple[float, float, float],
+) -> Schedule:
+    options = (total_steps, pct_start, three_phase, anneal, values)
+    return _tabulated(
+        lambda count: _one_cycle(_float(count), *options),
+        lambda t: _one_cycle(t, *options, xp=np),
+        total_steps,
+    )
 
 
 def one_cycle_lr(
@@ -262,9 +382,7 @@ def one_cycle_lr(
         raise ValueError("total_steps must be positive and pct_start in (0, 1).")
     initial = max_lr / div_factor
     values = (initial, max_lr, initial / final_div_factor)
-    return lambda count: _one_cycle(
-        count, total_steps, pct_start, three_phase, anneal_strategy, values
-    )
+    return _one_cycle_schedule(total_steps, pct_start, three_phase, anneal_strategy, values)
 
 
 def one_cycle_momentum(
@@ -285,9 +403,7 @@ def one_cycle_momentum(
       [0.95, 0.85, 0.95]
     """
     values = (max_momentum, base_momentum, max_momentum)
-    return lambda count: _one_cycle(
-        count, total_steps, pct_start, three_phase, anneal_strategy, values
-    )
+    return _one_cycle_schedule(total_steps, pct_start, three_phase, anneal_strategy, values)
 
 
 def lambda_lr(base_lr: float, lr_lambda: Callable[[jax.Array], jax.Array]) -> Schedule:

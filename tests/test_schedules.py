@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -252,3 +255,77 @@ def test_reduce_lr_on_plateau_errors():
         plateau.step(plateau.init(), sgdx.sgd(0.1).init(jnp.ones(1)), 1.0)
     with pytest.raises(ValueError, match=r"Factor should be < 1\.0"):
         sgdx.reduce_lr_on_plateau(factor=1.5)
+
+
+PRECISION_SCRIPT = r"""
+import warnings
+import jax, jax.numpy as jnp, numpy as np, torch
+from sgdx import schedules as S
+
+assert not jax.config.jax_enable_x64  # JAX's default: schedules evaluated in float32
+warnings.simplefilter("ignore")  # torch's "scheduler.step() before optimizer.step()"
+L = torch.optim.lr_scheduler
+
+
+def torch_lrs(make, n):
+    optimizer = torch.optim.SGD([torch.zeros(1)], lr=0.1)
+    scheduler, lrs = make(optimizer), []
+    for _ in range(n):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    return np.asarray(lrs, np.float64)
+
+
+N = 90_000
+CASES = {
+    "cosine": (lambda o: L.CosineAnnealingLR(o, N), S.cosine_annealing_lr(0.1, N), N),
+    "cosine_eta_min": (
+        lambda o: L.CosineAnnealingLR(o, 7000, 1e-5),
+        S.cosine_annealing_lr(0.1, 7000, 1e-5),
+        30_000,
+    ),
+    "exponential": (lambda o: L.ExponentialLR(o, 0.99995), S.exponential_lr(0.1, 0.99995), N),
+    "step": (lambda o: L.StepLR(o, 3000, 0.7), S.step_lr(0.1, 3000, 0.7), 60_000),
+    "multistep": (
+        lambda o: L.MultiStepLR(o, [100, 5000, 5000, 9000], 0.3),
+        S.multistep_lr(0.1, [100, 5000, 5000, 9000], 0.3), 20_000),
+    "linear": (
+        lambda o: L.LinearLR(o, 0.01, 1.0, 5000), S.linear_lr(0.1, 0.01, 1.0, 5000), 20_000
+    ),
+    "constant": (lambda o: L.ConstantLR(o, 0.3, 500), S.constant_lr(0.1, 0.3, 500), 2000),
+    "polynomial": (
+        lambda o: L.PolynomialLR(o, 40_000, 2.0), S.polynomial_lr(0.1, 40_000, 2.0), 50_000
+    ),
+    "one_cycle": (lambda o: L.OneCycleLR(o, 0.1, total_steps=N), S.one_cycle_lr(0.1, N), N),
+    "warm_restarts": (
+        lambda o: L.CosineAnnealingWarmRestarts(o, 1000, 2),
+        S.cosine_annealing_warm_restarts(0.1, 1000, 2), 40_000),
+    "warmup_cosine": (
+        lambda o: L.SequentialLR(
+            o, [L.LinearLR(o, 0.01, 1.0, 2000), L.CosineAnnealingLR(o, N - 2000)], [2000]
+        ),
+        S.sequential(
+            [S.linear_lr(0.1, 0.01, 1.0, 2000), S.cosine_annealing_lr(0.1, N - 2000)], [2000]
+        ),
+        N,
+    ),
+}
+worst = {}
+for name, (make, schedule, n) in CASES.items():
+    theirs = torch_lrs(make, n).astype(np.float32)  # float32(torch's float64 value)
+    ours = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(n, dtype=jnp.int32)))
+    assert ours.dtype == np.float32, (name, ours.dtype)
+    ulps = np.abs(ours.view(np.int32).astype(np.int64) - theirs.view(np.int32).astype(np.int64))
+    worst[name] = int(ulps.max())
+print(worst)
+assert max(worst.values()) <= 1, worst
+"""
+
+
+def test_float32_schedules_are_torchs_float64_values_rounded():
+    """With x64 off, every schedule's float32 learning rate is float32(torch's float64 value)
+    to 1 ulp over the whole run (a 90k-step cosine, warmup + cosine, one cycle, ...)."""
+    result = subprocess.run(
+        [sys.executable, "-c", PRECISION_SCRIPT], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
