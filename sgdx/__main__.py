@@ -19,6 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     _compare.add_arguments(compare)
     args = parser.parse_args(argv)
     if args.command == "demo":
+        try:
+            import sklearn  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError as error:
+            demo.error(
+                f"the demo trains with torch on scikit-learn's digits ({error}): "
+                "pip install 'sgdx[demo]'"
+            )
         if args.lr < 0:
             demo.error(f"Invalid learning rate: {args.lr}")
         _demo.run(args.epochs, args.batch_size, args.lr, args.decay_epoch, args.dtype, args.seed)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from jax.typing import ArrayLike, DTypeLike
 
-from sgdx import _hyperparams, _transforms
+from sgdx import _hyperparams, _transforms, _tree
 from sgdx._base import GradientTransformation, ScalarOrSchedule, chain
 from sgdx._momentum import sutskever_trace, trace
 
@@ -127,6 +127,7 @@ def sgd(
         (momentum_correction, "momentum_correction"),
     ):
         _hyperparams.check_flag(flag, name)
+    _tree.check_accumulator_dtype(accumulator_dtype, "sgd")
     momentum_on = momentum is not None and not _hyperparams.is_off(momentum)
     mu: ArrayLike = 0.0 if momentum is None else momentum
     if nesterov:

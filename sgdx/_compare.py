@@ -14,7 +14,7 @@ import numpy as np
 from sgdx import conventions, schedules
 from sgdx._base import ScalarOrSchedule
 
-PROGRESS_FROM = 2000  # runs at least this long show a progress bar on stderr
+PROGRESS_FROM = 2000  # runs at least this long show tqdm's progress bar on stderr, if installed
 
 
 def logistic_problem(seed: int) -> tuple[Callable[[Any], jax.Array], Any]:
@@ -60,23 +60,6 @@ def make_schedule(args: argparse.Namespace) -> ScalarOrSchedule:
     return lr
 
 
-class ProgressBar:
-    """A one-line progress bar on stderr, redrawn about 50 times over the run."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.stride = total, max(total // 50, 1)
-
-    def __call__(self, k: int) -> None:
-        done = k + 1
-        if done % self.stride and done != self.total:
-            return
-        filled = 30 * done // self.total
-        end = "\n" if done == self.total else ""
-        print(
-            f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total}", end=end, file=sys.stderr
-        )
-
-
 def table(results: dict[str, np.ndarray], every: int) -> str:
     steps = len(results["lr"]) - 1
     rows = sorted({*range(0, steps + 1, every), steps})
@@ -96,12 +79,8 @@ def table(results: dict[str, np.ndarray], every: int) -> str:
 
 
 def plot(results: dict[str, np.ndarray], path: str, title: str) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit(
-            "--plot needs matplotlib: pip install matplotlib (or pip install 'sgdx[plot]')"
-        ) from None
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -148,10 +127,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.steps < 1:
         parser.error(f"--steps must be positive, got {args.steps}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'sgdx[cli]'")
+    progress = None
+    if args.steps >= PROGRESS_FROM:
+        try:
+            from tqdm import tqdm
+        except ImportError:  # no progress bar without the cli extra
+            pass
+        else:
+            progress = tqdm(total=args.steps, file=sys.stderr, unit="step")
     try:
         learning_rate = make_schedule(args)
         loss, params = PROBLEMS[args.problem](args.seed)
-        bar = ProgressBar(args.steps) if args.steps >= PROGRESS_FROM else None
         results = conventions.compare(
             loss,
             params,
@@ -162,10 +153,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             weight_decay=args.weight_decay,
             nesterov=args.nesterov,
             momentum_correction=args.momentum_correction,
-            callback=bar,
+            callback=None if progress is None else lambda k: progress.update(1),
         )
     except ValueError as error:
         parser.error(str(error))
+    finally:
+        if progress is not None:
+            progress.close()
     title = (
         f"{args.problem}, {args.schedule} schedule from lr={args.lr}, momentum={args.momentum}"
         f"{', nesterov' if args.nesterov else ''}"

@@ -246,7 +246,15 @@ def fused_sgd(
 
     def step(params: Params, grads: Params, state: OptState) -> tuple[Params, OptState]:
         kinds = [type(s) for s in state] if isinstance(state, tuple) else []
-        if TraceState not in kinds or jax.default_backend() != "cpu" or jax.device_count() > 1:
+        if (
+            TraceState not in kinds
+            or jax.default_backend() != "cpu"
+            or jax.device_count() > 1
+            # a state of another configuration: the reference path says which
+            or not _tree.same_structure(
+                jax.tree.structure(jax.eval_shape(tx.init, params)), jax.tree.structure(state)
+            )
+        ):
             return reference(params, grads, state)
         trace_at = kinds.index(TraceState)
         trace, scale = state[trace_at], state[-1]

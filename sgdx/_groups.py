@@ -130,6 +130,13 @@ def param_groups(
       >>> print(updates["head"], updates["body"], updates["frozen"])
       [-0.5 -0.5] [-0.25 -0.25] None
     """
+    if not isinstance(groups, Mapping):
+        raise TypeError(
+            "param_groups(labels, groups, **defaults): groups must map each label to its "
+            f"overrides, got {type(groups).__name__}. torch's [{{'params': head, 'lr': 0.1}}, "
+            "{'params': body}] is labels={...: 'head' or 'body' per parameter} and groups="
+            "{'head': {'learning_rate': 0.1}, 'body': {}}."
+        )
     for name, config in [("defaults", defaults), *groups.items()]:
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(
@@ -179,6 +186,13 @@ def param_groups(
         updates: Updates, state: ParamGroupsState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, ParamGroupsState]:
         _tree.check_state(state, ParamGroupsState, "param_groups")
+        if set(state.groups) != set(optimizers):
+            raise ValueError(
+                f"param_groups: the state has groups {sorted(state.groups)}, this optimizer "
+                f"{sorted(optimizers)}. The state was made by a differently labelled "
+                "param_groups; build it with this optimizer's init (or carry it over with "
+                "sgdx.add_param_groups)."
+            )
         if params is None:
             raise ValueError(
                 "param_groups needs the parameters: call update(updates, state, params)."

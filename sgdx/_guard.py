@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from sgdx import _tree
+from sgdx import _hyperparams, _tree
 from sgdx._base import GradientTransformation, OptState, Params, Updates
 
 
@@ -59,6 +60,16 @@ def skip_nonfinite(
       >>> print(updates, int(state.skipped))
       [-0.5 -1. ] 1
     """
+
+    if grad_scale is not None:
+        _hyperparams.check_hyperparameter(grad_scale, "grad_scale")
+        scale = _hyperparams.concrete(grad_scale)
+        if scale is not None and not (math.isfinite(scale) and scale > 0):
+            raise ValueError(
+                f"skip_nonfinite: grad_scale must be a positive finite loss scale, got {scale}; "
+                "a zero, negative or NaN scale would turn every step into garbage (a "
+                "negative one into gradient ascent)."
+            )
 
     def init_fn(params: Params) -> SkipNonFiniteState:
         return SkipNonFiniteState(inner.init(params), jnp.zeros((), jnp.int32))

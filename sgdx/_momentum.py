@@ -93,6 +93,8 @@ def trace(
     """
     _hyperparams.check_hyperparameter(momentum, "momentum")
     _hyperparams.check_hyperparameter(dampening, "dampening")
+    _tree.check_accumulator_dtype(accumulator_dtype, "trace")
+    _hyperparams.check_flag(nesterov, "nesterov")
 
     def init_fn(params: Params) -> TraceState:
         buffers, flags = _zeros_and_flags(params, accumulator_dtype, "trace")
@@ -215,6 +217,9 @@ def sutskever_trace(
     scalar = _hyperparams.check_learning_rate(learning_rate)
     _hyperparams.check_hyperparameter(momentum, "momentum")
     _hyperparams.check_hyperparameter(dampening, "dampening")
+    _tree.check_accumulator_dtype(accumulator_dtype, "sutskever_trace")
+    _hyperparams.check_flag(nesterov, "nesterov")
+    _hyperparams.check_flag(momentum_correction, "momentum_correction")
 
     def init_fn(params: Params) -> SutskeverTraceState:
         velocity, flags = _zeros_and_flags(params, accumulator_dtype, "sutskever_trace")

@@ -103,6 +103,7 @@ def reduce_lr_on_plateau(
       >>> float(sgdx.get_hyperparams(opt_state)["learning_rate"])
       0.25
     """
+    _hyperparams.check_hyperparameter(factor, "factor")
     if factor >= 1.0:
         raise ValueError("Factor should be < 1.0.")
     if mode not in ("min", "max") or threshold_mode not in ("rel", "abs"):
@@ -110,10 +111,14 @@ def reduce_lr_on_plateau(
             f"mode must be 'min' or 'max' and threshold_mode 'rel' or 'abs', got "
             f"{mode!r} and {threshold_mode!r}."
         )
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-        raise ValueError(f"patience must be a non-negative integer, got {patience!r}.")
+    for name, count in (("patience", patience), ("cooldown", cooldown)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {count!r}.")
     for name, value in (("threshold", threshold), ("eps", eps)):
         _hyperparams.check_hyperparameter(value, name)
+    for value in min_lr.values() if isinstance(min_lr, Mapping) else (min_lr,):
+        _hyperparams.check_hyperparameter(value, "min_lr")
+    factor, threshold, eps = float(factor), float(threshold), float(eps)  # Python constants
     sign = 1.0 if mode == "min" else -1.0
 
     def improves(metric: jax.Array, best: jax.Array) -> jax.Array:
@@ -128,10 +133,10 @@ def reduce_lr_on_plateau(
 
     def floor(label: str | None) -> float:
         if not isinstance(min_lr, Mapping):
-            return min_lr
+            return float(min_lr)
         if label is None or label not in min_lr:
             raise KeyError(f"reduce_lr_on_plateau: min_lr has no entry for group {label!r}.")
-        return min_lr[label]
+        return float(min_lr[label])
 
     def step_fn(
         state: ReduceLROnPlateauState, opt_state: LearningRateState, metric: ArrayLike

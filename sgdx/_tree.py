@@ -86,6 +86,13 @@ def map_updates(
             )
         if same_shape_as is not None:
             ref = leaves[same_shape_as]
+            if jnp.iscomplexobj(u) and not jnp.iscomplexobj(ref):
+                raise TypeError(
+                    f"The update at {keystr(path)} is complex ({u.dtype}) but the "
+                    f"{names[same_shape_as]} leaf there is real ({jnp.result_type(ref)}); "
+                    "torch refuses a complex gradient for a real parameter too. Pass jnp.real "
+                    "of the gradient for a real parameter, or make the parameter complex."
+                )
             if jnp.shape(ref) != u.shape:
                 raise ValueError(
                     f"The update at {keystr(path)} has shape {u.shape} but the "
@@ -140,13 +147,34 @@ def check_inexact(params: PyTree, who: str) -> None:
             )
 
 
+def check_accumulator_dtype(dtype: Any, who: str) -> None:
+    """Raises a ``TypeError`` unless ``dtype`` is ``None`` or a floating or complex dtype."""
+    if dtype is None:
+        return
+    try:
+        kind = None if isinstance(dtype, np.ndarray | jax.Array) else np.dtype(dtype)
+    except TypeError:
+        kind = None
+    if kind is None or not jnp.issubdtype(kind, jnp.inexact):
+        raise TypeError(
+            f"{who}: accumulator_dtype must be a floating or complex dtype (e.g. jnp.float32) "
+            f"or None, got {dtype!r}; an integer or bool buffer would round every update away."
+        )
+
+
 def check_state(state: Any, expected: type, who: str) -> None:
     """Raises a ``TypeError`` when ``state`` is not the state ``who`` builds."""
     if not isinstance(state, expected):
+        got = type(state)
+        name = (
+            f"{got.__module__}.{got.__qualname__}"
+            if got.__name__ == expected.__name__
+            else got.__name__
+        )
         raise TypeError(
-            f"{who}: expected a {expected.__name__}, got {type(state).__name__}. The state "
-            "was made by a different optimizer configuration; build it with this "
-            "optimizer's init(params)."
+            f"{who}: expected sgdx's {expected.__name__}, got {name}. The state was made by "
+            "a different optimizer (or configuration); build it with this optimizer's "
+            "init(params)."
         )
 
 

@@ -124,10 +124,23 @@ def _power(base_lr: float, gamma: float, exponent: jax.Array) -> jax.Array:
     return jnp.where(k < _TABLE_LIMIT, exact, base_lr * gamma ** _float(exponent))
 
 
-def _check(base_lr: float, gamma: float | None = None) -> None:
+def _count(value: Any, name: str, minimum: int = 1) -> None:
+    """Raises unless ``value`` is a Python int of at least ``minimum`` (a count of steps)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer number of steps, got {value!r}.")
+    if value < minimum:
+        raise ValueError(
+            f"{name} must be {'a positive' if minimum else 'a non-negative'} integer, got {value}."
+        )
+
+
+def _check(base_lr: float, *gamma: float) -> tuple[float, ...]:
+    """Validates the schedule's constants and returns them as Python floats (so that a
+    float32 array constant does not meet float64 arithmetic under strict promotion)."""
     _hyperparams.check_hyperparameter(base_lr, "base_lr")
-    if gamma is not None:
-        _hyperparams.check_hyperparameter(gamma, "gamma")
+    for value in gamma:
+        _hyperparams.check_hyperparameter(value, "gamma")
+    return tuple(float(v) for v in (base_lr, *gamma))
 
 
 def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
@@ -139,9 +152,8 @@ def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
       >>> [float(schedule(t)) for t in range(5)]
       [1.0, 1.0, 0.5, 0.5, 0.25]
     """
-    _check(base_lr, gamma)
-    if step_size < 1:
-        raise ValueError(f"step_size must be a positive integer, got {step_size}.")
+    base_lr, gamma = _check(base_lr, gamma)
+    _count(step_size, "step_size")
     return lambda count: _power(base_lr, gamma, jnp.asarray(count) // step_size)
 
 
@@ -154,7 +166,11 @@ def multistep_lr(base_lr: float, milestones: Sequence[int], gamma: float = 0.1) 
       >>> [float(schedule(t)) for t in range(4)]
       [1.0, 0.5, 0.5, 0.25]
     """
-    _check(base_lr, gamma)
+    base_lr, gamma = _check(base_lr, gamma)
+    if isinstance(milestones, str | bytes) or not isinstance(milestones, Sequence):
+        raise TypeError(f"milestones must be a sequence of step counts, got {milestones!r}.")
+    for milestone in milestones:
+        _count(milestone, "each milestone", minimum=0)
     marks = np.sort(np.asarray(milestones, dtype=np.int32))
 
     def schedule(count: jax.Array) -> jax.Array:
@@ -172,7 +188,7 @@ def exponential_lr(base_lr: float, gamma: float) -> Schedule:
       >>> [float(schedules.exponential_lr(1.0, 0.5)(t)) for t in range(3)]
       [1.0, 0.5, 0.25]
     """
-    _check(base_lr, gamma)
+    base_lr, gamma = _check(base_lr, gamma)
     return lambda count: _power(base_lr, gamma, count)
 
 
@@ -185,9 +201,10 @@ def cosine_annealing_lr(base_lr: float, t_max: int, eta_min: float = 0.0) -> Sch
       >>> [round(float(schedules.cosine_annealing_lr(1.0, t_max=2)(t)), 6) for t in range(4)]
       [1.0, 0.5, 0.0, 0.5]
     """
-    _check(base_lr)
-    if t_max < 1:
-        raise ValueError(f"t_max must be a positive integer, got {t_max}.")
+    (base_lr,) = _check(base_lr)
+    _count(t_max, "t_max")
+    _hyperparams.check_hyperparameter(eta_min, "eta_min")
+    eta_min = float(eta_min)
 
     def schedule(count: jax.Array) -> jax.Array:
         phase = jnp.pi * _float(count) / t_max
@@ -208,7 +225,10 @@ def constant_lr(base_lr: float, factor: float = 1 / 3, total_iters: int = 5) -> 
       >>> [float(schedules.constant_lr(1.0, 0.5, total_iters=2)(t)) for t in range(3)]
       [0.5, 0.5, 1.0]
     """
-    _check(base_lr)
+    (base_lr,) = _check(base_lr)
+    _hyperparams.check_hyperparameter(factor, "factor")
+    factor = float(factor)
+    _count(total_iters, "total_iters", minimum=0)
     if not 0 <= factor <= 1:
         raise ValueError("Constant multiplicative factor expected to be between 0 and 1.")
     return lambda count: jnp.where(jnp.asarray(count) < total_iters, base_lr * factor, base_lr)
@@ -225,7 +245,11 @@ def linear_lr(
       >>> [float(schedules.linear_lr(1.0, 0.5, 1.0, total_iters=2)(t)) for t in range(4)]
       [0.5, 0.75, 1.0, 1.0]
     """
-    _check(base_lr)
+    (base_lr,) = _check(base_lr)
+    _hyperparams.check_hyperparameter(start_factor, "start_factor")
+    _hyperparams.check_hyperparameter(end_factor, "end_factor")
+    start_factor, end_factor = float(start_factor), float(end_factor)
+    _count(total_iters, "total_iters")
     if not 0 < start_factor <= 1 or not 0 <= end_factor <= 1:
         raise ValueError(
             "Starting multiplicative factor expected to be greater than 0 and less or equal "
@@ -251,7 +275,10 @@ def polynomial_lr(base_lr: float, total_iters: int = 5, power: float = 1.0) -> S
       >>> [float(schedules.polynomial_lr(1.0, total_iters=2, power=2.0)(t)) for t in range(3)]
       [1.0, 0.25, 0.0]
     """
-    _check(base_lr)
+    (base_lr,) = _check(base_lr)
+    _count(total_iters, "total_iters")
+    _hyperparams.check_hyperparameter(power, "power")
+    power = float(power)
 
     def schedule(count: jax.Array) -> jax.Array:
         return base_lr * (1 - jnp.minimum(_float(count), total_iters) / total_iters) ** power
@@ -274,9 +301,11 @@ def cosine_annealing_warm_restarts(
       >>> [round(float(schedule(t)), 6) for t in range(4)]
       [1.0, 0.5, 1.0, 0.5]
     """
-    _check(base_lr)
-    if t_0 < 1 or t_mult < 1:
-        raise ValueError(f"t_0 and t_mult must be positive integers, got {t_0} and {t_mult}.")
+    (base_lr,) = _check(base_lr)
+    _count(t_0, "t_0")
+    _count(t_mult, "t_mult")
+    _hyperparams.check_hyperparameter(eta_min, "eta_min")
+    eta_min = float(eta_min)
 
     def schedule(count: jax.Array) -> jax.Array:
         t = jnp.asarray(count, jnp.int32)
@@ -349,11 +378,23 @@ def _one_cycle_schedule(
     values: tuple[float, float, float],
 ) -> Schedule:
     options = (total_steps, pct_start, three_phase, anneal, values)
-    return _tabulated(
+    values_at = _tabulated(
         lambda count: _one_cycle(_float(count), *options),
         lambda t: _one_cycle(t, *options, xp=np),
         total_steps,
     )
+
+    def schedule(count: jax.Array) -> jax.Array:
+        # torch raises past the end; a traced count cannot, so the value is NaN there
+        if not isinstance(count, jax.core.Tracer) and int(count) > total_steps:
+            raise ValueError(
+                f"Tried to step {int(count)} times. The specified number of total steps is "
+                f"{total_steps}"
+            )
+        value = jnp.asarray(values_at(count))
+        return jnp.where(jnp.asarray(count) > total_steps, jnp.nan, value)
+
+    return schedule
 
 
 def one_cycle_lr(
@@ -369,7 +410,9 @@ def one_cycle_lr(
     ``pct_start`` of ``total_steps``, then down to ``max_lr / div_factor / final_div_factor``.
 
     torch's OneCycleLR also cycles momentum by default; pass :func:`one_cycle_momentum` as
-    the momentum of ``sgdx.inject_hyperparams(sgdx.sgd)`` for that.
+    the momentum of ``sgdx.inject_hyperparams(sgdx.sgd)`` for that. Past ``total_steps``
+    torch raises; so does this for a concrete count (torch's message), and under
+    ``jax.jit``, where it cannot raise, the value is NaN.
 
     Examples:
       >>> from sgdx import schedules
@@ -377,7 +420,18 @@ def one_cycle_lr(
       >>> [round(float(schedule(t)), 4) for t in (0, 2, 9)]
       [0.04, 1.0, 0.0]
     """
-    _check(max_lr)
+    (max_lr,) = _check(max_lr)
+    _count(total_steps, "total_steps")
+    for name, value in (
+        ("pct_start", pct_start),
+        ("div_factor", div_factor),
+        ("final_div_factor", final_div_factor),
+    ):
+        _hyperparams.check_hyperparameter(value, name)
+    if anneal_strategy not in ("cos", "linear"):
+        raise ValueError(
+            f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy}"
+        )
     if total_steps < 1 or not 0 < pct_start < 1:
         raise ValueError("total_steps must be positive and pct_start in (0, 1).")
     initial = max_lr / div_factor
@@ -402,6 +456,10 @@ def one_cycle_momentum(
       >>> [round(float(schedule(t)), 4) for t in (0, 2, 9)]
       [0.95, 0.85, 0.95]
     """
+    _count(total_steps, "total_steps")
+    for name, value in (("base_momentum", base_momentum), ("max_momentum", max_momentum)):
+        _hyperparams.check_hyperparameter(value, name)
+    base_momentum, max_momentum = float(base_momentum), float(max_momentum)
     values = (max_momentum, base_momentum, max_momentum)
     return _one_cycle_schedule(total_steps, pct_start, three_phase, anneal_strategy, values)
 
@@ -414,7 +472,7 @@ def lambda_lr(base_lr: float, lr_lambda: Callable[[jax.Array], jax.Array]) -> Sc
       >>> [round(float(schedules.lambda_lr(1.0, lambda t: 1 / (t + 1.0))(t)), 4) for t in range(3)]
       [1.0, 0.5, 0.3333]
     """
-    _check(base_lr)
+    (base_lr,) = _check(base_lr)
     return lambda count: base_lr * lr_lambda(jnp.asarray(count))
 
 
@@ -428,7 +486,7 @@ def multiplicative_lr(base_lr: float, lr_lambda: Callable[[jax.Array], jax.Array
       >>> [float(schedules.multiplicative_lr(1.0, lambda i: 0.5)(t)) for t in range(3)]
       [1.0, 0.5, 0.25]
     """
-    _check(base_lr)
+    (base_lr,) = _check(base_lr)
 
     def schedule(count: jax.Array) -> jax.Array:
         t = jnp.asarray(count, jnp.int32)
@@ -480,7 +538,7 @@ def chained(base_lr: float, *schedules: Schedule) -> Schedule:
       >>> [float(schedule(t)) for t in range(3)]
       [0.5, 0.25, 0.25]
     """
-    _check(base_lr)
+    (base_lr,) = _check(base_lr)
 
     def schedule(count: jax.Array) -> jax.Array:
         value = jnp.asarray(base_lr, jax.dtypes.canonicalize_dtype(jnp.float64))
@@ -503,14 +561,12 @@ def per_epoch(schedule: Schedule, steps_per_epoch: int) -> Schedule:
       >>> [float(schedule(t)) for t in range(5)]
       [1.0, 1.0, 0.5, 0.5, 0.25]
     """
-    if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch}.")
+    _count(steps_per_epoch, "steps_per_epoch")
     return lambda count: schedule(jnp.asarray(count) // steps_per_epoch)
 
 
 def _check_warmup(warmup_steps: int) -> None:
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
-        raise ValueError(f"warmup_steps must be a positive integer, got {warmup_steps!r}.")
+    _count(warmup_steps, "warmup_steps")
 
 
 def warmup(
@@ -537,6 +593,7 @@ def warmup(
     """
     _check_warmup(warmup_steps)
     _hyperparams.check_hyperparameter(warmup_factor, "warmup_factor")
+    warmup_factor = float(warmup_factor)
     if method not in ("linear", "constant"):
         raise ValueError(f"method must be 'linear' or 'constant', got {method!r}.")
 
@@ -575,6 +632,7 @@ def warmup_from(
     """
     _check_warmup(warmup_steps)
     _hyperparams.check_hyperparameter(warmup_lr, "warmup_lr")
+    warmup_lr = float(warmup_lr)
 
     def warmed(count: jax.Array) -> jax.Array:
         t = jnp.asarray(count)

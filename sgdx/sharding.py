@@ -35,6 +35,11 @@ def zero1_state_sharding(state: Any, mesh: Mesh, axis: str = "data") -> Any:
       >>> sgdx.sharding.zero1_state_sharding(shapes, mesh)[1].momentum_buffer["w"].spec
       P('data', None)
     """
+    if axis not in mesh.shape:
+        raise ValueError(
+            f"zero1_state_sharding: the mesh has no axis {axis!r}; its axes are "
+            f"{tuple(mesh.shape)}. Pass axis= one of them (the data-parallel axis)."
+        )
     size = mesh.shape[axis]
 
     def sharding(leaf: Any) -> NamedSharding:
