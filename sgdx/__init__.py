@@ -23,7 +23,7 @@ from sgdx._guard import SkipNonFiniteState, skip_nonfinite
 from sgdx._inject import InjectHyperparamsState, inject_hyperparams
 from sgdx._layout import momentum_buffers
 from sgdx._momentum import SutskeverTraceState, TraceState, sutskever_trace, trace
-from sgdx._plateau import ReduceLROnPlateauState, reduce_lr_on_plateau
+from sgdx._plateau import ReduceLROnPlateau, ReduceLROnPlateauState, reduce_lr_on_plateau
 from sgdx._transforms import (
     ScaleByLearningRateState,
     add_decayed_weights,
@@ -40,6 +40,7 @@ __all__ = [
     "GradientTransformation",
     "InjectHyperparamsState",
     "ParamGroupsState",
+    "ReduceLROnPlateau",
     "ReduceLROnPlateauState",
     "ScalarOrSchedule",
     "ScaleByLearningRateState",

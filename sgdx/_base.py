@@ -20,6 +20,7 @@ Schedule = Callable[[jax.Array], ArrayLike]
 """A learning-rate schedule: ``count -> lr``, ``count`` = updates already applied."""
 
 ScalarOrSchedule = ArrayLike | Schedule
+"""A learning rate: a number, a scalar array (traced) or a :data:`Schedule`."""
 
 
 class TransformInitFn(Protocol):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
 import jax
 import pytest
+
+import sgdx
 
 ROOT = Path(__file__).parents[1]
 
@@ -30,3 +33,18 @@ def test_every_snippet_runs(path):
     for code in snippets(path):
         with jax.numpy_dtype_promotion("standard"):
             exec(code, {})
+
+
+def test_docs_coverage_check_fails_for_an_undocumented_name(monkeypatch):
+    """The check docs/conf.py runs before every build: each public name on the API page,
+    each with a docstring of its own."""
+    pytest.importorskip("sphinx")
+    monkeypatch.syspath_prepend(str(ROOT / "docs"))
+    conf = importlib.import_module("conf")
+    api = (ROOT / "docs" / "api.rst").read_text()
+    assert conf.undocumented(api) == []
+    assert conf.undocumented(api.replace("   sgdx.trace\n", "")) == [
+        "sgdx.trace (not on the API page)"
+    ]
+    monkeypatch.setattr(sgdx.sgd, "__doc__", None)
+    assert conf.undocumented(api) == ["sgdx.sgd (no docstring)"]
