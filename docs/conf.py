@@ -77,12 +77,12 @@ def undocumented(api_text: str) -> list[str]:
     return missing
 
 
-def check_coverage(app) -> None:  # noqa: ANN001
+def check_coverage(app) -> None:
     api = (Path(app.srcdir) / "api.rst").read_text()
     missing = undocumented(api)
     if missing:
         raise RuntimeError("undocumented public names: " + ", ".join(missing))
 
 
-def setup(app):  # noqa: ANN001, ANN201
+def setup(app):
     app.connect("builder-inited", check_coverage)

@@ -113,7 +113,7 @@ def test_state_from_another_configuration():
     with pytest.raises(ValueError, match=r"state tuple of 2 entries .* got a tuple of 3"):
         plain.update(params, with_momentum.init(params))
     nesterov = sgdx.sgd(0.1, 0.9, weight_decay=0.1)
-    with pytest.raises(TypeError, match="trace: expected sgdx.s TraceState"):
+    with pytest.raises(TypeError, match="trace: expected sgdx's TraceState"):
         nesterov.update(
             params, (sgdx.EmptyState(), *reversed(with_momentum.init(params)[1:])), params
         )
