@@ -248,6 +248,21 @@ def add_param_groups(
     return ParamGroupsState({**fresh.groups, **state.groups}, fresh.membership)
 
 
+def groups_of(
+    state: InjectHyperparamsState | ParamGroupsState, why: str
+) -> dict[str | None, InjectHyperparamsState]:
+    """Every group's hyperparameter state, by label (``None`` for a single
+    ``inject_hyperparams`` state); a ``TypeError`` saying ``why`` for any other state."""
+    if isinstance(state, ParamGroupsState):
+        return {label: group for label, group in state.groups.items()}
+    if isinstance(state, InjectHyperparamsState):
+        return {None: state}
+    raise TypeError(
+        f"{why}: pass the state of sgdx.inject_hyperparams(sgdx.sgd)(...) or "
+        f"sgdx.param_groups(...), got {type(state).__name__}."
+    )
+
+
 def _group_state(
     state: InjectHyperparamsState | ParamGroupsState, group: str | None, who: str
 ) -> InjectHyperparamsState:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from sgdx import _hyperparams
-from sgdx._groups import ParamGroupsState
+from sgdx._groups import ParamGroupsState, groups_of
 from sgdx._inject import InjectHyperparamsState
 
 LearningRateState = InjectHyperparamsState | ParamGroupsState
@@ -38,18 +38,6 @@ class ReduceLROnPlateau(NamedTuple):
         [ReduceLROnPlateauState, LearningRateState, ArrayLike],
         tuple[ReduceLROnPlateauState, LearningRateState],
     ]
-
-
-def _groups(opt_state: LearningRateState) -> dict[str | None, InjectHyperparamsState]:
-    if isinstance(opt_state, ParamGroupsState):
-        return {label: group for label, group in opt_state.groups.items()}
-    if isinstance(opt_state, InjectHyperparamsState):
-        return {None: opt_state}
-    raise TypeError(
-        "reduce_lr_on_plateau changes the learning rate held in the optimizer state: pass the "
-        "state of sgdx.inject_hyperparams(sgdx.sgd)(...) or sgdx.param_groups(...), got "
-        f"{type(opt_state).__name__}."
-    )
 
 
 def reduce_lr_on_plateau(
@@ -143,7 +131,9 @@ def reduce_lr_on_plateau(
     ) -> tuple[ReduceLROnPlateauState, LearningRateState]:
         if jnp.shape(metric) != ():
             raise ValueError(f"metric must be a scalar, got shape {jnp.shape(metric)}.")
-        groups = _groups(opt_state)
+        groups = groups_of(
+            opt_state, "reduce_lr_on_plateau changes the learning rate held in the optimizer state"
+        )
         value = jnp.asarray(metric).astype(state.best.dtype)
         better = improves(value, state.best)
         best = jnp.where(better, value, state.best)

@@ -33,7 +33,7 @@ from jax.tree_util import tree_flatten_with_path
 from sgdx import _tree
 from sgdx import schedules as _schedules
 from sgdx._base import GradientTransformation, Params, Schedule
-from sgdx._groups import ParamGroupsState, membership, param_groups
+from sgdx._groups import ParamGroupsState, groups_of, membership, param_groups
 from sgdx._inject import InjectHyperparamsState
 from sgdx._layout import dotted, momentum_buffers
 from sgdx._momentum import TraceState
@@ -88,14 +88,8 @@ def _positions(names: Sequence[str], params: Params) -> list[int]:
 
 
 def _groups(state: State) -> dict[str | None, InjectHyperparamsState]:
-    if isinstance(state, ParamGroupsState):
-        return {label: group for label, group in state.groups.items()}
-    if isinstance(state, InjectHyperparamsState):
-        return {None: state}
-    raise TypeError(
-        f"Expected the state of sgdx.param_groups(...) or sgdx.inject_hyperparams(sgdx.sgd)(...), "
-        f"got {type(state).__name__}: torch's state_dict carries hyperparameters per group, so "
-        "the sgdx state must hold them too."
+    return groups_of(
+        state, "torch's state_dict carries hyperparameters per group, so the sgdx state must too"
     )
 
 
