@@ -11,6 +11,7 @@ from sgdx._base import (
     chain,
     identity,
 )
+from sgdx._build import NativeStatus, native_status
 from sgdx._fused import FusedSGD, fused_sgd
 from sgdx._groups import (
     ParamGroupsState,
@@ -39,6 +40,7 @@ __all__ = [
     "FusedSGD",
     "GradientTransformation",
     "InjectHyperparamsState",
+    "NativeStatus",
     "ParamGroupsState",
     "ReduceLROnPlateau",
     "ReduceLROnPlateauState",
@@ -60,6 +62,7 @@ __all__ = [
     "inject_hyperparams",
     "maximize",
     "momentum_buffers",
+    "native_status",
     "param_groups",
     "reduce_lr_on_plateau",
     "scale_by_learning_rate",

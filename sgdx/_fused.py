@@ -1,22 +1,16 @@
 """`fused_sgd`: torch.optim.SGD's step as one in-place native pass over all leaves on CPU.
 
-The kernel (``_native/sgd_step.cc``) is compiled with the host's C++ compiler on first use
-and registered as an XLA FFI target; where that cannot be done, or a step needs what the
-kernel does not cover, the pure-JAX path (``sgd``'s ``update`` then ``apply_updates``) runs
-instead. Both give the same numbers: the kernel follows the reference's order of operations.
+The kernel (``_native/sgd_step.cc``, compiled and loaded by ``_build``) is an XLA FFI
+target; where it cannot run, or a step needs what it does not cover, the pure-JAX path
+(``sgd``'s ``update`` then ``apply_updates``) runs instead. Both give the same numbers: the
+kernel follows the reference's order of operations.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
 import itertools
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -34,67 +28,20 @@ from sgdx._base import (
     TransformUpdateFn,
     apply_updates,
 )
+from sgdx._build import TARGETS, native_status
 from sgdx._momentum import TraceState
 from sgdx._transforms import ScaleByLearningRateState
 
-_SOURCE = Path(__file__).with_name("_native") / "sgd_step.cc"
-_TARGETS = {np.dtype(np.float32): "sgdx_sgd_step_f32", np.dtype(np.float64): "sgdx_sgd_step_f64"}
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("SGDX_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sgdx"
-    )
-    return Path(root)
-
 
 @functools.cache
-def native_status() -> str:
-    """``"ok"`` when the CPU kernel is compiled and registered, else why it is not.
-
-    Compiled once per source, jax version and machine into ``$SGDX_CACHE_DIR`` (default
-    ``~/.cache/sgdx``) with ``$CXX`` (default ``c++``). ``SGDX_DISABLE_NATIVE=1`` turns it
-    off.
-    """
-    if os.environ.get("SGDX_DISABLE_NATIVE"):
-        return "disabled by SGDX_DISABLE_NATIVE"
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        return "no C++ compiler found (set CXX)"
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + jax.__version__.encode() + os.uname().machine.encode())
-    library = _cache_dir() / f"sgd_step-{key.hexdigest()[:16]}.so"
-    if not library.exists():
-        library.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-            built = Path(tmp) / library.name
-            command = [
-                compiler,
-                "-O3",
-                "-march=native",
-                "-ffp-contract=off",
-                "-shared",
-                "-fPIC",
-                "-std=c++17",
-                "-w",
-                f"-I{jax.ffi.include_dir()}",
-                str(_SOURCE),
-                "-o",
-                str(built),
-                "-lpthread",
-            ]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0:
-                return f"compilation failed: {result.stderr.strip()[:500]}"
-            os.replace(built, library)  # atomic: concurrent first uses do not clash
-    handle = ctypes.cdll.LoadLibrary(str(library))
-    for symbol, target in (
-        ("SgdxSgdStepF32", _TARGETS[np.dtype(np.float32)]),
-        ("SgdxSgdStepF64", _TARGETS[np.dtype(np.float64)]),
-    ):
-        capsule = jax.ffi.pycapsule(getattr(handle, symbol))  # type: ignore[no-untyped-call]
-        jax.ffi.register_ffi_target(target, capsule, platform="cpu")
-    return "ok"
+def _warn_fallback(reason: str) -> None:
+    """One warning per process when the kernel cannot run (its reason is the status')."""
+    warnings.warn(
+        f"sgdx.fused_sgd: the native kernel is not available ({reason}); steps run the pure-"
+        "JAX path (the same numbers, slower). sgdx.native_status() says why.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _struct(shape: tuple[int, ...], dtype: Any) -> Any:
@@ -119,7 +66,7 @@ def _native_step(
 ) -> tuple[list[jax.Array], list[jax.Array]]:
     """The kernel over the leaves, in place: returns the new params and buffers. ``flags``
     (bool, one per leaf) tells which buffers have started."""
-    target = _TARGETS[np.dtype(hyper.dtype)]
+    target = TARGETS[np.dtype(hyper.dtype)]
     new_params: list[jax.Array] = []
     new_buffers: list[jax.Array] = []
     for start in range(0, len(params), _LEAVES_PER_CALL):
@@ -281,9 +228,12 @@ def fused_sgd(
             )
             or jnp.shape(trace.initialized) != (flag_at[-1],)
             or len(dtypes) != 1
-            or not dtypes <= _TARGETS.keys()
-            or native_status() != "ok"
+            or not dtypes <= TARGETS.keys()
         ):
+            return reference(params, grads, state)
+        status = native_status()
+        if not status.available:
+            _warn_fallback(status.reason)
             return reference(params, grads, state)
         lr = _hyperparams.learning_rate_at(learning_rate, scalar, scale.count)
         dtype = dtypes.pop()
