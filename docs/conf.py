@@ -63,8 +63,10 @@ def undocumented(api_text: str) -> list[str]:
     for full in public_names():
         module_name, _, name = full.rpartition(".")
         obj = getattr(importlib.import_module(module_name), name)
-        if inspect.isclass(obj) or inspect.isfunction(obj):
-            own_doc = obj.__doc__ if "__doc__" in vars(obj) or inspect.isfunction(obj) else None
+        if inspect.isclass(obj):
+            own_doc = obj.__doc__ if "__doc__" in vars(obj) else None
+        elif inspect.isfunction(obj) or hasattr(obj, "__wrapped__"):  # functools.cache too
+            own_doc = obj.__doc__
         else:  # a type alias: the docstring written under its assignment
             defined_in = getattr(sgdx, name, obj) is obj and module_name == "sgdx"
             source = "sgdx._base" if defined_in else module_name
