@@ -225,7 +225,8 @@ def host_array(value: np.ndarray, tree: PyTree) -> jax.Array:
     type, sharding included, must be the one ``update`` gives them."""
     if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree)):
         return jnp.asarray(value)
-    if not jax.sharding.get_abstract_mesh().axis_names:
+    abstract_mesh = getattr(jax.sharding, "get_abstract_mesh", None)  # jax >= 0.7
+    if abstract_mesh is None or not abstract_mesh().axis_names:
         placed: jax.Array = jax.device_put(value)
         return placed
     mesh = jax.sharding.get_mesh()  # type: ignore[attr-defined,unused-ignore]

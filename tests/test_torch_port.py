@@ -582,3 +582,49 @@ def test_schedules_given_instead_of_the_scheduler():
     checkpoint = torch_interop.to_torch(run, state, params)
     assert checkpoint.scheduler["last_epoch"] == 5
     assert checkpoint.optimizer["param_groups"][0]["lr"] == pytest.approx(0.01)
+
+
+SCHEDULERS = {
+    "StepLR": lambda o: lr_scheduler.StepLR(o, 3, 0.5),
+    "MultiStepLR": lambda o: lr_scheduler.MultiStepLR(o, [4, 9, 9], 0.3),
+    "ExponentialLR": lambda o: lr_scheduler.ExponentialLR(o, 0.9),
+    "ConstantLR": lambda o: lr_scheduler.ConstantLR(o, 0.25, 6),
+    "LinearLR": lambda o: lr_scheduler.LinearLR(o, 0.1, 0.9, 7),
+    "PolynomialLR": lambda o: lr_scheduler.PolynomialLR(o, 12, 2.0),
+    "CosineAnnealingLR": lambda o: lr_scheduler.CosineAnnealingLR(o, 8, 1e-3),
+    "CosineAnnealingWarmRestarts": lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, 4, 2),
+    "OneCycleLR": lambda o: lr_scheduler.OneCycleLR(o, [0.3, 0.6], total_steps=25),
+    "LambdaLR": lambda o: lr_scheduler.LambdaLR(o, lambda e: 1.0 / (1.0 + e)),
+    "MultiplicativeLR": lambda o: lr_scheduler.MultiplicativeLR(o, lambda e: 0.95),
+    "SequentialLR of ChainedScheduler": lambda o: lr_scheduler.SequentialLR(
+        o,
+        [
+            lr_scheduler.ChainedScheduler(
+                [lr_scheduler.ConstantLR(o, 0.5, 3), lr_scheduler.ExponentialLR(o, 0.8)]
+            ),
+            lr_scheduler.CosineAnnealingLR(o, 10),
+        ],
+        [6],
+    ),
+}
+
+
+# torch warns about its own nested schedulers (the inner ones step before their optimizer)
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_class_hands_over(name):
+    """Each scheduler from_torch converts, handed over after 5 updates of a two-group
+    optimizer built from named parameters: every later learning rate, momentum (OneCycle's
+    cycle) and parameter is torch's."""
+
+    def make(model):
+        named = list(model.named_parameters())
+        optimizer = torch.optim.SGD(
+            [{"params": named[:2], "lr": 0.3}, {"params": named[2:], "lr": 0.6}],
+            lr=0.1,
+            momentum=0.9,
+        )
+        return optimizer, SCHEDULERS[name](optimizer)
+
+    with jax.numpy_dtype_promotion("standard"):  # the lambdas' float ** int, as users write
+        hand_over_and_back(make, torch.float64, total=24, to_jax=5, to_torch=17)
