@@ -155,24 +155,21 @@ def _build(command: list[str], library: Path) -> None:
         os.replace(sidecar.with_suffix(".tmp"), sidecar)
 
 
+def _key(command: list[str], version: str, cpu_features: str) -> str:
+    """The cache key: a library is loaded only where all of these are the same."""
+    flags = " ".join(_FLAGS + _NO_UNDEFINED)
+    parts = (jax.__version__, platform.machine(), " ".join(command), version, flags, cpu_features)
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    for part in parts:
+        digest.update(b"\0" + part.encode())
+    return digest.hexdigest()[:20]
+
+
 def _load() -> str:
     if _disabled():
         raise _Unavailable("disabled by SGDX_DISABLE_NATIVE")
     command, version = _compiler()
-    key = hashlib.sha256(
-        b"\0".join(
-            part.encode() if isinstance(part, str) else part
-            for part in (
-                SOURCE.read_bytes(),
-                jax.__version__,
-                platform.machine(),
-                " ".join(command),
-                version,
-                " ".join(_FLAGS + _NO_UNDEFINED),
-                _cpu_features(),
-            )
-        )
-    ).hexdigest()[:20]
+    key = _key(command, version, _cpu_features())
     directory, note = _writable_dir()
     library = directory / f"sgd_step-{key}.so"
     how = "loaded from the cache"
