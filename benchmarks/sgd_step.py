@@ -17,6 +17,11 @@ their inputs ("step+"). The roofline is an in-place ``y += a * x`` (torch's kern
 per element) measured in the same process; "ideal step" is 20 bytes per parameter at that
 bandwidth. Results are printed and written as JSON (``--out``).
 
+The sgdx variants: ``sgdx_fused`` is ``sgdx.step(sgdx.sgd(...), ...)`` (one in-place pass of
+the native kernel), ``sgdx_update`` the standard ``update`` + ``apply_updates`` of the same
+``sgdx.sgd`` (the kernel computes updates and buffers; every optax / Flax loop runs this),
+``sgdx`` the same with ``fused=False`` (the pure-JAX path).
+
 A sample is ``--steps-per-sample`` steps issued back to back, then one wait (default 1 on
 CPU, 20 on a GPU, where a step is shorter than a host round trip). ``sgdx_fused_flat`` is
 the fused step on the same number of parameters in one array, the layout
@@ -47,6 +52,7 @@ IN_JIT_STEPS = 10
 VARIANTS = (
     "sgdx_fused",
     "sgdx_fused_flat",
+    "sgdx_update",
     "sgdx",
     "sgdx_in_jit",
     "sgdx_fused_in_jit",
@@ -161,14 +167,15 @@ def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: i
     else:
         import sgdx
 
-        tx = sgdx.fused_sgd(LR, MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True)
+        fused = False if name in ("sgdx", "sgdx_in_jit") else None  # the pure-JAX path
+        tx = sgdx.sgd(LR, MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True, fused=fused)
         apply = sgdx.apply_updates
 
     def one_step(p, s, g):
         if name == "jax_floor":
             return p, s
         if name.startswith("sgdx_fused"):
-            return tx.step(p, g, s)
+            return sgdx.step(tx, p, g, s)
         u, s = tx.update(g, s, p)
         return apply(p, u), s
 

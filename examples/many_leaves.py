@@ -48,13 +48,13 @@ def stacked_loss(stacked, x, y):
     return jnp.mean((x - y) ** 2)
 
 
-opt = sgdx.fused_sgd(0.002, momentum=0.9, nesterov=True, weight_decay=1e-4)
+opt = sgdx.sgd(0.002, momentum=0.9, nesterov=True, weight_decay=1e-4)
 
 
 def make_step(loss_fn):
     def step(params, state, x, y):
         value, grads = jax.value_and_grad(loss_fn)(params, x, y)
-        params, state = opt.step(params, grads, state)
+        params, state = sgdx.step(opt, params, grads, state)
         return params, state, value
 
     return step

@@ -12,7 +12,7 @@ from sgdx._base import (
     identity,
 )
 from sgdx._build import NativeStatus, native_status
-from sgdx._fused import FusedSGD, fused_sgd
+from sgdx._fused import step
 from sgdx._groups import (
     ParamGroupsState,
     add_param_groups,
@@ -37,7 +37,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EmptyState",
-    "FusedSGD",
     "GradientTransformation",
     "InjectHyperparamsState",
     "NativeStatus",
@@ -56,7 +55,6 @@ __all__ = [
     "apply_updates",
     "chain",
     "conventions",
-    "fused_sgd",
     "get_hyperparams",
     "identity",
     "inject_hyperparams",
@@ -71,6 +69,7 @@ __all__ = [
     "sgd",
     "sharding",
     "skip_nonfinite",
+    "step",
     "sutskever_trace",
     "trace",
 ]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+import jax
 from jax.typing import ArrayLike, DTypeLike
 
-from sgdx import _hyperparams, _transforms, _tree
+from sgdx import _fused, _hyperparams, _transforms, _tree
 from sgdx._base import GradientTransformation, ScalarOrSchedule, chain
+from sgdx._build import native_status
 from sgdx._momentum import sutskever_trace, trace
 
 Convention = Literal["pytorch", "sutskever"]
@@ -26,6 +28,7 @@ def sgd(
     decoupled_weight_decay: bool = False,
     momentum_correction: bool = False,
     accumulator_dtype: DTypeLike | None = None,
+    fused: bool | None = None,
 ) -> GradientTransformation:
     r"""Stochastic gradient descent exactly as ``torch.optim.SGD`` computes it.
 
@@ -83,6 +86,13 @@ def sgd(
         PyTorch's trajectory under any schedule.
       accumulator_dtype: dtype of the momentum buffers (e.g. ``jnp.float32`` for
         bfloat16 parameters); ``None`` keeps each parameter's dtype.
+      fused: torch's ``fused``. ``None`` (the default): where the native CPU kernel can
+        run (PyTorch convention, momentum on, float32 or float64 leaves of one dtype, one
+        CPU device), ``update`` computes the updates and the new buffers in one pass of it,
+        and :func:`sgdx.step` takes one in-place pass over parameters and buffers; elsewhere
+        the pure-JAX path runs (the same numbers; one warning if the kernel is missing).
+        ``True``: the same, but raise if the kernel or this configuration cannot have it.
+        ``False``: always the pure-JAX path.
 
     Returns:
       A :class:`~sgdx.GradientTransformation`; its ``update`` needs ``params`` when weight
@@ -92,6 +102,7 @@ def sgd(
       TypeError: for a hyperparameter that is not a real number (a bool in a numeric
         position: the positional order is torch's, pass ``nesterov=True`` by keyword), or a
         flag that is not a bool.
+      RuntimeError: ``fused=True`` where the native kernel is not available (its reason).
       ValueError: with torch's messages, ``Invalid learning rate: {lr}``, ``Invalid momentum
         value: {momentum}``, ``Invalid weight_decay value: {weight_decay}``, ``Nesterov
         momentum requires a momentum and zero dampening``; and for an unknown
@@ -127,6 +138,8 @@ def sgd(
         (momentum_correction, "momentum_correction"),
     ):
         _hyperparams.check_flag(flag, name)
+    if fused is not None:
+        _hyperparams.check_flag(fused, "fused")
     _tree.check_accumulator_dtype(accumulator_dtype, "sgd")
     momentum_on = momentum is not None and not _hyperparams.is_off(momentum)
     mu: ArrayLike = 0.0 if momentum is None else momentum
@@ -173,4 +186,37 @@ def sgd(
         transforms.append(_transforms.scale_by_learning_rate(learning_rate))
     if decoupled_weight_decay:
         transforms.append(_transforms.add_decoupled_weight_decay(decay, learning_rate))
-    return chain(*transforms)
+    reference = chain(*transforms)
+    kernel_fits = (
+        convention == "pytorch"
+        and momentum_on
+        and not decoupled_weight_decay
+        and accumulator_dtype is None
+    )
+    if fused is True:
+        if not kernel_fits:
+            raise ValueError(
+                "fused=True needs what the native kernel computes: convention='pytorch', "
+                "momentum on, no decoupled_weight_decay and no accumulator_dtype; use "
+                "fused=None (the default) to take it where it fits."
+            )
+        status = native_status()
+        if not status.available:
+            raise RuntimeError(
+                f"fused=True, but the native kernel is not available: {status.reason}"
+            )
+    if fused is False or not kernel_fits:
+        return reference
+
+    def build(hyper: jax.Array) -> GradientTransformation:
+        lr, mu_, tau, wd = hyper
+        return sgd(lr, mu_, tau, wd, nesterov, maximize=maximize, fused=False)
+
+    return _fused.with_kernel(
+        reference,
+        build,
+        learning_rate,
+        (mu, dampening, decay),
+        nesterov=nesterov,
+        maximize=maximize,
+    )

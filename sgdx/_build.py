@@ -31,7 +31,7 @@ _NO_UNDEFINED = ["-Wl,-z,defs"] if platform.system() == "Linux" else []  # e.g. 
 
 
 class NativeStatus(NamedTuple):
-    """Whether ``fused_sgd``'s native CPU kernel can run, and why (not)."""
+    """Whether sgd's native CPU kernel (``fused``) can run, and why (not)."""
 
     available: bool
     reason: str
@@ -189,7 +189,7 @@ def _load() -> str:
 
 @functools.cache
 def native_status() -> NativeStatus:
-    """Whether ``fused_sgd``'s native CPU kernel is available, and the reason.
+    """Whether sgd's native CPU kernel (``fused``) is available, and the reason.
 
     The kernel is compiled on first use with ``$CXX`` (a compiler, or a wrapper with flags;
     default ``c++``) for this CPU, and cached in ``$SGDX_CACHE_DIR`` (default
@@ -197,7 +197,7 @@ def native_status() -> NativeStatus:
     version, the flags and the CPU's features. A cached library is loaded only if its
     digest checks (a truncated or empty file is rebuilt); concurrent first uses build once,
     under a lock; an unwritable cache builds in a private temporary directory.
-    ``SGDX_DISABLE_NATIVE=1`` turns the kernel off. When it is not available, ``fused_sgd``
+    ``SGDX_DISABLE_NATIVE=1`` turns the kernel off. When it is not available, ``sgd``
     runs the pure-JAX path (same numbers) and says so in one warning.
 
     Examples:

@@ -185,6 +185,7 @@ def compare(
             learning_rate,
             convention=name,
             momentum_correction=momentum_correction and name == "sutskever",
+            fused=False,  # both conventions in the same (pure-JAX) arithmetic
             **sgd_kwargs,
         )
         for name in ("pytorch", "sutskever")

@@ -1,4 +1,5 @@
-"""fused_sgd's native step against the reference path and against torch."""
+"""sgd's native paths (its update, and the in-place sgdx.step) against the pure-JAX path
+(fused=False) and against torch."""
 
 from __future__ import annotations
 
@@ -20,17 +21,25 @@ def test_native_kernel_is_built_here():
 def fused_from_config(kwargs, lrs):
     table = jnp.asarray(np.asarray(lrs))
     options = {k: v for k, v in kwargs.items() if k != "lr"}
-    return sgdx.fused_sgd(lambda count: table[count], **options)
+    return sgdx.sgd(lambda count: table[count], **options)
 
 
-def run_fused(opt, problem, steps=oracle.STEPS, donate=True):
+def update_and_apply(tx, params, grads, state):
+    updates, state = tx.update(grads, state, params)
+    return sgdx.apply_updates(params, updates), state
+
+
+PATHS = {"step": sgdx.step, "update": update_and_apply}
+
+
+def run_fused(opt, problem, path="step", steps=oracle.STEPS, donate=True):
     params = {k: jnp.asarray(v) for k, v in problem["params"].items()}
     state = opt.init(params)
-    step = jax.jit(opt.step, donate_argnums=(0, 2) if donate else ())
+    step = jax.jit(PATHS[path], static_argnums=0, donate_argnums=(1, 3) if donate else ())
     out = {f"param/{k}": [] for k in params} | {f"buf/{k}": [] for k in params}
     for k in range(steps):
         grads = oracle.gradient(problem, {n: np.asarray(p) for n, p in params.items()}, k)
-        params, state = step(params, grads, state)
+        params, state = step(opt, params, grads, state)
         buffers = oracle.momentum_buffers(state)
         for name, p in params.items():
             out[f"param/{name}"].append(np.asarray(p))
@@ -38,26 +47,51 @@ def run_fused(opt, problem, steps=oracle.STEPS, donate=True):
     return {k: np.stack(v) for k, v in out.items()}
 
 
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize(("name", "kwargs"), oracle.CONFIGS, ids=[n for n, _ in oracle.CONFIGS])
-def test_fused_step_matches_reference_and_torch(name, kwargs, dtype):
+def test_fused_paths_match_reference_and_torch(name, kwargs, dtype, path):
     problem = oracle.make_problem(11, dtype, maximize=kwargs.get("maximize", False))
     lrs = oracle.learning_rates(kwargs)
-    fused = run_fused(fused_from_config(kwargs, lrs), problem)
-    reference = oracle.run_sgdx(oracle.sgdx_optimizer(kwargs, lrs), problem)
+    fused = run_fused(fused_from_config(kwargs, lrs), problem, path)
+    reference = oracle.run_sgdx(oracle.sgdx_optimizer(kwargs, lrs, fused=False), problem)
     oracle.assert_trajectories_close(fused, reference)
     pytest.importorskip("torch")
     torch_run = oracle.run_torch(kwargs, problem, dtype)
     oracle.assert_trajectories_close(fused, torch_run, kwargs.get("momentum", 0.0))
 
 
+def test_the_kernel_runs_in_the_standard_update_and_in_step():
+    opt = sgdx.sgd(0.1, momentum=0.9, weight_decay=0.1)
+    params = {"w": jnp.linspace(-1.0, 1.0, 7, dtype=jnp.float32)}
+    grads = {"w": jnp.ones(7, jnp.float32)}
+    state = opt.init(params)
+    assert "sgdx_sgd_step" in str(jax.make_jaxpr(opt.update)(grads, state, params))
+    in_place = jax.make_jaxpr(lambda *a: sgdx.step(opt, *a))(params, grads, state)
+    assert "sgdx_sgd_step" in str(in_place)
+    reference = sgdx.sgd(0.1, momentum=0.9, weight_decay=0.1, fused=False)
+    assert "sgdx_sgd_step" not in str(jax.make_jaxpr(reference.update)(grads, state, params))
+
+
+def test_fused_true_where_the_kernel_cannot_run():
+    for options in (
+        {},
+        {"convention": "sutskever", "momentum": 0.9},
+        {"momentum": 0.9, "decoupled_weight_decay": True, "weight_decay": 0.1},
+    ):
+        with pytest.raises(ValueError, match="fused=True needs"):
+            sgdx.sgd(0.1, fused=True, **options)
+    with pytest.raises(TypeError, match="fused must be a bool"):
+        sgdx.sgd(0.1, 0.9, fused=1)
+
+
 def test_fused_step_without_donation_leaves_inputs_intact():
-    opt = sgdx.fused_sgd(0.1, momentum=0.9, weight_decay=0.1)
+    opt = sgdx.sgd(0.1, momentum=0.9, weight_decay=0.1)
     params = {"w": jnp.linspace(-1.0, 1.0, 7, dtype=jnp.float32)}
     grads = {"w": jnp.ones(7, jnp.float32)}
     state = opt.init(params)
     before = jax.tree.map(np.array, (params, state))
-    new_params, new_state = jax.jit(opt.step)(params, grads, state)
+    new_params, new_state = jax.jit(sgdx.step, static_argnums=0)(opt, params, grads, state)
     chex.assert_trees_all_equal(jax.tree.map(np.array, (params, state)), before)
     updates, expected_state = opt.update(grads, state, params)
     chex.assert_trees_all_close(new_params, sgdx.apply_updates(params, updates), rtol=1e-7)
@@ -70,13 +104,13 @@ def test_fused_step_without_donation_leaves_inputs_intact():
         (
             {"w": jnp.ones(3, jnp.bfloat16)},
             {"w": jnp.ones(3, jnp.bfloat16)},
-            sgdx.fused_sgd(0.1, 0.9),
+            sgdx.sgd(0.1, 0.9),
         ),
-        ({"w": jnp.ones(3, jnp.float32)}, {"w": jnp.ones(3, jnp.float32)}, sgdx.fused_sgd(0.1)),
+        ({"w": jnp.ones(3, jnp.float32)}, {"w": jnp.ones(3, jnp.float32)}, sgdx.sgd(0.1)),
         (
             {"w": jnp.ones(3, jnp.float32), "v": jnp.ones(2, jnp.float64)},
             {"w": jnp.ones(3, jnp.float32), "v": jnp.ones(2, jnp.float64)},
-            sgdx.fused_sgd(0.1, 0.9),
+            sgdx.sgd(0.1, 0.9),
         ),
     ],
     ids=["bfloat16", "no-momentum", "mixed-dtypes"],
@@ -90,7 +124,7 @@ def test_fallback_cases_equal_the_reference(params, grads, opt):
     state = opt.init(params)
     for _ in range(3):
         expected, expected_state = reference(params, grads, state)
-        params, state = jax.jit(opt.step)(params, grads, state)
+        params, state = jax.jit(sgdx.step, static_argnums=0)(opt, params, grads, state)
         chex.assert_trees_all_equal(params, expected)
         chex.assert_trees_all_equal(state, expected_state)
 
@@ -99,7 +133,8 @@ def test_none_gradients_leave_their_leaves_to_the_kernel_skipped():
     """A frozen leaf (None gradient for two steps, then gradients) and a non-array leaf as
     Equinox passes it (None parameter and gradient): the kernel updates the other leaves,
     and every step equals the reference path's."""
-    opt = sgdx.fused_sgd(0.1, momentum=0.9, dampening=0.2, weight_decay=0.01)
+    opt = sgdx.sgd(0.1, momentum=0.9, dampening=0.2, weight_decay=0.01)
+    reference = sgdx.sgd(0.1, momentum=0.9, dampening=0.2, weight_decay=0.01, fused=False)
     params = {
         "w": jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32),
         "frozen": jnp.full(3, 0.5, jnp.float32),
@@ -107,17 +142,18 @@ def test_none_gradients_leave_their_leaves_to_the_kernel_skipped():
     }
     state = opt.init(params)
     ref_params, ref_state = jax.tree.map(jnp.copy, (params, state))  # the step donates its own
-    step = jax.jit(opt.step, donate_argnums=(0, 2))
+    step = jax.jit(sgdx.step, static_argnums=0, donate_argnums=(1, 3))
     for k in range(4):
         grads = {
             "w": jnp.sin(ref_params["w"] + k),
             "frozen": None if k < 2 else jnp.cos(ref_params["frozen"]),
             "activation": None,
         }
-        assert "sgdx_sgd_step" in str(jax.make_jaxpr(opt.step)(params, grads, state))
-        updates, ref_state = opt.update(grads, ref_state, ref_params)
+        jaxpr = jax.make_jaxpr(lambda *a: sgdx.step(opt, *a))(params, grads, state)
+        assert "sgdx_sgd_step" in str(jaxpr)
+        updates, ref_state = reference.update(grads, ref_state, ref_params)
         ref_params = sgdx.apply_updates(ref_params, updates)
-        params, state = step(params, grads, state)
+        params, state = step(opt, params, grads, state)
         chex.assert_trees_all_close((params, state), (ref_params, ref_state), rtol=1e-6)
         assert (sgdx.momentum_buffers(state)["frozen"] is not None) == (k >= 2)
 
@@ -134,14 +170,12 @@ def test_derivatives_through_steps_are_the_reference_paths(dampening, options):
 
     def loss_after_steps(hyper, params, fused):
         lr, momentum, dampening, weight_decay = hyper
-        opt = (sgdx.fused_sgd if fused else sgdx.sgd)(
-            lr, momentum, dampening, weight_decay, **options
-        )
+        opt = sgdx.sgd(lr, momentum, dampening, weight_decay, fused=fused, **options)
         state = opt.init(params)
-        for _ in range(3):
+        for k in range(3):
             grads = jax.tree.map(lambda p: 2 * p + p**3, params)
-            if fused:
-                params, state = opt.step(params, grads, state)
+            if fused and k % 2:  # the in-place step and the standard update, both
+                params, state = sgdx.step(opt, params, grads, state)
             else:
                 updates, state = opt.update(grads, state, params)
                 params = sgdx.apply_updates(params, updates)
@@ -161,16 +195,17 @@ def test_derivatives_through_steps_are_the_reference_paths(dampening, options):
 def test_many_leaves_and_vmap():
     leaves = {f"p{i}": jnp.full((i % 7 + 1,), float(i), jnp.float32) for i in range(300)}
     grads = jax.tree.map(lambda p: jnp.sin(p), leaves)
-    opt = sgdx.fused_sgd(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    opt = sgdx.sgd(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    reference = sgdx.sgd(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, fused=False)
     params, state = leaves, opt.init(leaves)
     ref_params, ref_state = leaves, opt.init(leaves)
-    step = jax.jit(opt.step)
+    step = jax.jit(sgdx.step, static_argnums=0)
     for _ in range(3):
-        params, state = step(params, grads, state)
-        updates, ref_state = opt.update(grads, ref_state, ref_params)
+        params, state = step(opt, params, grads, state)
+        updates, ref_state = reference.update(grads, ref_state, ref_params)
         ref_params = sgdx.apply_updates(ref_params, updates)
     chex.assert_trees_all_close(params, ref_params, rtol=1e-6)
-    batched = jax.vmap(lambda p, g: opt.step(p, g, opt.init(p))[0])(
+    batched = jax.vmap(lambda p, g: sgdx.step(opt, p, g, opt.init(p))[0])(
         jnp.ones((4, 5), jnp.float32), jnp.arange(20.0, dtype=jnp.float32).reshape(4, 5)
     )
     # first step: buf = g + wd * p, nesterov direction 1.9 * buf

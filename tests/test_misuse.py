@@ -130,9 +130,9 @@ def test_bools_in_numeric_positions(make):
 def test_fused_step_refuses_a_state_of_another_configuration(other):
     params = {"w": jnp.ones(3, jnp.float32)}
     grads = {"w": jnp.ones(3, jnp.float32)}
-    fused = sgdx.fused_sgd(0.1, 0.9)
+    fused = sgdx.sgd(0.1, 0.9)
     with pytest.raises((TypeError, ValueError), match="expected"):
-        fused.step(params, grads, other.init(params))
+        sgdx.step(fused, params, grads, other.init(params))
 
 
 # -------------------------------------------------------------- unhelpful errors, before

@@ -7,8 +7,9 @@
 //   g = nesterov ? g + momentum * b : b                        (momentum != 0)
 //   p = p + (-lr) * g
 // Inputs: hyper = [lr, momentum, dampening, weight_decay] (leaf dtype), flags (bool[n]: has
-// leaf i's buffer started), then n params, n grads, n buffers. Outputs (aliased to the
-// inputs): n params, n buffers. Every leaf is an operand of its own, so that XLA emits no
+// leaf i's buffer started), then n params, n grads, n buffers. Outputs: with apply, n params
+// and n buffers (aliased to the inputs: the step in place); without, n updates (-lr * d, for
+// apply_updates) and n buffers (aliased). Every leaf is an operand of its own, so that XLA emits no
 // code around the call. The tree is cut into parts by element count, which XLA's intra-op threads
 // and the calling thread share (no thread is started per call).
 #include <algorithm>
@@ -26,7 +27,8 @@ namespace {
 
 template <typename T>
 struct Leaf {
-  T* p;
+  const T* p;  // the parameter (read)
+  T* out;      // where the result goes: the parameter itself (apply), or the update
   const T* g;
   T* b;
   int64_t size;
@@ -34,11 +36,14 @@ struct Leaf {
 };
 
 // One loop per combination of the flags, so that the compiler sees a branch-free body and
-// vectorizes it.
-template <typename T, bool kMaximize, bool kDecay, bool kMomentum, bool kNesterov, bool kStarted>
+// vectorizes it. kApply: out = p - lr * d (the step, in place); else out = -lr * d (the
+// update that apply_updates adds).
+template <typename T, bool kApply, bool kMaximize, bool kDecay, bool kMomentum, bool kNesterov,
+          bool kStarted>
 void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep,
                  T wd) {
-  T* __restrict p = leaf.p;
+  const T* p = leaf.p;
+  T* out = leaf.out;
   const T* __restrict g = leaf.g;
   T* __restrict b = leaf.b;
   const T neg_lr = -lr;
@@ -50,14 +55,18 @@ void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T moment
       b[i] = buf;
       d = kNesterov ? d + momentum * buf : buf;
     }
-    p[i] = p[i] + neg_lr * d;
+    if constexpr (kApply) {
+      out[i] = p[i] + neg_lr * d;
+    } else {
+      out[i] = neg_lr * d;
+    }
   }
 }
 
 template <typename T, bool... kFlags>
 void Dispatch(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep, T wd,
               const bool* flags) {
-  if constexpr (sizeof...(kFlags) == 5) {
+  if constexpr (sizeof...(kFlags) == 6) {
     UpdateRange<T, kFlags...>(leaf, begin, end, lr, momentum, keep, wd);
   } else if (flags[sizeof...(kFlags)]) {
     Dispatch<T, kFlags..., true>(leaf, begin, end, lr, momentum, keep, wd, flags);
@@ -68,8 +77,9 @@ void Dispatch(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum,
 
 template <typename T>
 void Update(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep, T wd,
-            bool nesterov, bool maximize) {
-  const bool flags[5] = {maximize, wd != T(0), momentum != T(0), nesterov, leaf.initialized};
+            bool apply, bool nesterov, bool maximize) {
+  const bool flags[6] = {apply, maximize, wd != T(0), momentum != T(0), nesterov,
+                         leaf.initialized};
   Dispatch<T>(leaf, begin, end, lr, momentum, keep, wd, flags);
 }
 
@@ -81,7 +91,7 @@ struct Pass {
   std::vector<Leaf<T>> leaves;
   int64_t total = 0, parts = 1;
   T lr, momentum, keep, wd;
-  bool nesterov, maximize;
+  bool apply, nesterov, maximize;
   std::atomic<int64_t> next{0}, done{0};
 
   void Run() {
@@ -92,7 +102,8 @@ struct Pass {
       for (const Leaf<T>& leaf : leaves) {
         const int64_t begin = std::max(lo, offset), end = std::min(hi, offset + leaf.size);
         if (begin < end) {
-          Update(leaf, begin - offset, end - offset, lr, momentum, keep, wd, nesterov, maximize);
+          Update(leaf, begin - offset, end - offset, lr, momentum, keep, wd, apply, nesterov,
+                 maximize);
         }
         offset += leaf.size;
         if (offset >= hi) break;
@@ -104,7 +115,8 @@ struct Pass {
 
 template <ffi::DataType dtype>
 ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi::PRED> flags,
-                ffi::RemainingArgs args, ffi::RemainingRets rets, bool nesterov, bool maximize) {
+                ffi::RemainingArgs args, ffi::RemainingRets rets, bool apply, bool nesterov,
+                bool maximize) {
   using T = ffi::NativeType<dtype>;
   const int64_t n = static_cast<int64_t>(args.size()) / 3;
   if (static_cast<int64_t>(args.size()) != 3 * n || static_cast<int64_t>(rets.size()) != 2 * n ||
@@ -115,7 +127,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi:
   const bool* initialized = flags.typed_data();
   auto pass = std::make_shared<Pass<T>>();
   pass->lr = h[0], pass->momentum = h[1], pass->keep = T(1) - h[2], pass->wd = h[3];
-  pass->nesterov = nesterov, pass->maximize = maximize;
+  pass->apply = apply, pass->nesterov = nesterov, pass->maximize = maximize;
   pass->leaves.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
     auto p_in = args.get<ffi::AnyBuffer>(i);
@@ -127,13 +139,15 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi:
         !b_out.has_value()) {
       return ffi::Error::InvalidArgument("sgdx_sgd_step: bad buffer");
     }
-    T* p = reinterpret_cast<T*>((*p_out)->untyped_data());
+    T* out = reinterpret_cast<T*>((*p_out)->untyped_data());
     T* b = reinterpret_cast<T*>((*b_out)->untyped_data());
+    const T* p = reinterpret_cast<const T*>(p_in->untyped_data());
     const int64_t size = static_cast<int64_t>(p_in->element_count());
     // The outputs alias the inputs when the caller donates them; copy when it does not.
-    if (p != p_in->untyped_data()) std::copy_n(reinterpret_cast<const T*>(p_in->untyped_data()), size, p);
+    if (apply && out != p) std::copy_n(p, size, out);
+    if (apply) p = out;
     if (b != b_in->untyped_data()) std::copy_n(reinterpret_cast<const T*>(b_in->untyped_data()), size, b);
-    pass->leaves.push_back({p, reinterpret_cast<const T*>(g_in->untyped_data()), b, size, initialized[i]});
+    pass->leaves.push_back({p, out, reinterpret_cast<const T*>(g_in->untyped_data()), b, size, initialized[i]});
     pass->total += size;
   }
 
@@ -158,6 +172,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi:
                                     .Arg<ffi::Buffer<ffi::PRED>>()            \
                                     .RemainingArgs()                          \
                                     .RemainingRets()                          \
+                                    .Attr<bool>("apply")                      \
                                     .Attr<bool>("nesterov")                   \
                                     .Attr<bool>("maximize"));
 

@@ -125,14 +125,15 @@ def zero1(mesh):
 
 
 def fused_sharded():
-    """``fused_sgd``'s step on row-sharded parameters: the values of the reference run, and
-    parameters and buffers still sharded as the parameters were."""
+    """``sgdx.step`` with ``sgd``'s default (native on one device) on row-sharded
+    parameters: the values of the reference run, and parameters and buffers still sharded
+    as the parameters were."""
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     rows = NamedSharding(mesh, P("data"))
-    fused = sgdx.fused_sgd(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    fused = sgdx.sgd(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
     params = jax.device_put(PARAMS, rows)
     state = fused.init(params)
-    step = jax.jit(lambda p, s, x, y: fused.step(p, jax.grad(loss_fn)(p, x, y), s))
+    step = jax.jit(lambda p, s, x, y: sgdx.step(fused, p, jax.grad(loss_fn)(p, x, y), s))
     for _ in range(STEPS):
         params, state = step(params, state, X, Y)
         jax.block_until_ready(params)  # simulated devices: one step in flight
