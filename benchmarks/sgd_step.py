@@ -18,9 +18,9 @@ per element) measured in the same process; "ideal step" is 20 bytes per paramete
 bandwidth. Results are printed and written as JSON (``--out``).
 
 The sgdx variants: ``sgdx_fused`` is ``sgdx.step(sgdx.sgd(...), ...)`` (one in-place pass of
-the native kernel), ``sgdx_update`` the standard ``update`` + ``apply_updates`` of the same
-``sgdx.sgd`` (the kernel computes updates and buffers; every optax / Flax loop runs this),
-``sgdx`` the same with ``fused=False`` (the pure-JAX path).
+the native kernel), ``sgdx_update`` ``update`` + ``apply_updates`` of ``sgdx.sgd(..., fused=True)`` (the kernel
+computes the updates and buffers), ``sgdx`` the same with ``fused=False`` (the pure-JAX
+path, also what ``update`` runs by default).
 
 A sample is ``--steps-per-sample`` steps issued back to back, then one wait (default 1 on
 CPU, 20 on a GPU, where a step is shorter than a host round trip). ``sgdx_fused_flat`` is
@@ -167,7 +167,8 @@ def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: i
     else:
         import sgdx
 
-        fused = False if name in ("sgdx", "sgdx_in_jit") else None  # the pure-JAX path
+        # sgdx and sgdx_in_jit: the pure-JAX path; sgdx_update: the kernel in update
+        fused = {"sgdx": False, "sgdx_in_jit": False, "sgdx_update": True}.get(name)
         tx = sgdx.sgd(LR, MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True, fused=fused)
         apply = sgdx.apply_updates
 

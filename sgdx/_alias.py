@@ -88,11 +88,12 @@ def sgd(
         bfloat16 parameters); ``None`` keeps each parameter's dtype.
       fused: torch's ``fused``. ``None`` (the default): where the native CPU kernel can
         run (PyTorch convention, momentum on, float32 or float64 leaves of one dtype, one
-        CPU device), ``update`` computes the updates and the new buffers in one pass of it,
-        and :func:`sgdx.step` takes one in-place pass over parameters and buffers; elsewhere
-        the pure-JAX path runs (the same numbers; one warning if the kernel is missing).
-        ``True``: the same, but raise if the kernel or this configuration cannot have it.
-        ``False``: always the pure-JAX path.
+        CPU device), :func:`sgdx.step` takes one in-place pass of it over parameters and
+        buffers; elsewhere, and in ``update``, the pure-JAX path runs (the same numbers;
+        one warning if the kernel is missing). ``True``: raise if the kernel or this
+        configuration cannot have it, and run it in ``update`` too (the updates and new
+        buffers in one pass; measured slower than XLA's fused update on a 2-core CPU,
+        where its outputs are fresh arrays). ``False``: always the pure-JAX path.
 
     Returns:
       A :class:`~sgdx.GradientTransformation`; its ``update`` needs ``params`` when weight
@@ -219,4 +220,5 @@ def sgd(
         (mu, dampening, decay),
         nesterov=nesterov,
         maximize=maximize,
+        in_update=fused is True,
     )

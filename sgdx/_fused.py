@@ -79,11 +79,11 @@ def _native(
     for start in range(0, len(params), _LEAVES_PER_CALL):
         p, g, b = (x[start : start + _LEAVES_PER_CALL] for x in (params, grads, buffers))
         n = len(p)
-        # operands: hyper, flags, n params, n grads, n buffers; results: n params (apply) or
-        # updates, n buffers, each written over its operand where it is one
+        # operands: hyper, flags, n params, n grads, n buffers; results: n params written
+        # over the params (apply) or n updates written over the gradients, which they
+        # replace (no new arrays), and n buffers written over the buffers
         aliases = {2 + 2 * n + i: n + i for i in range(n)}
-        if apply:
-            aliases.update({2 + i: i for i in range(n)})
+        aliases.update({(2 if apply else 2 + n) + i: i for i in range(n)})
         call = jax.ffi.ffi_call(
             target,
             tuple(_struct(x.shape, x.dtype) for x in (*p, *b)),
@@ -148,10 +148,12 @@ def with_kernel(
     *,
     nesterov: bool,
     maximize: bool,
+    in_update: bool,
 ) -> GradientTransformation:
-    """``reference`` (sgd's chain: weight decay, trace, learning rate) whose ``update`` runs
-    the kernel where it can, and with an in-place step for :func:`step`. ``build(hyper)`` is
-    the same chain with the hyperparameters ``[lr, momentum, dampening, weight_decay]``."""
+    """``reference`` (sgd's chain: weight decay, trace, learning rate) with an in-place step
+    for :func:`step` and, with ``in_update``, an ``update`` that runs the kernel where it
+    can. ``build(hyper)`` is the same chain with the hyperparameters ``[lr, momentum,
+    dampening, weight_decay]``."""
     momentum, dampening, weight_decay = hyperparameters
     scalar = _hyperparams.check_learning_rate(learning_rate)
     kernels = {apply: _differentiable(apply, nesterov, maximize, build) for apply in (False, True)}
@@ -242,8 +244,8 @@ def with_kernel(
             return apply_updates(params, updates), state
         return result
 
-    tx = GradientTransformation(reference.init, update_fn)
-    _IN_PLACE[update_fn] = step_fn
+    tx = GradientTransformation(reference.init, update_fn if in_update else reference.update)
+    _IN_PLACE[tx.update] = step_fn
     return tx
 
 

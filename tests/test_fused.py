@@ -18,10 +18,11 @@ def test_native_kernel_is_built_here():
     assert sgdx.native_status().available, sgdx.native_status().reason
 
 
-def fused_from_config(kwargs, lrs):
+def fused_from_config(kwargs, lrs, fused):
     table = jnp.asarray(np.asarray(lrs))
     options = {k: v for k, v in kwargs.items() if k != "lr"}
-    return sgdx.sgd(lambda count: table[count], **options)
+    fits = options.get("momentum") and options.get("convention", "pytorch") == "pytorch"
+    return sgdx.sgd(lambda count: table[count], **options, fused=fused if fits else None)
 
 
 def update_and_apply(tx, params, grads, state):
@@ -29,13 +30,14 @@ def update_and_apply(tx, params, grads, state):
     return sgdx.apply_updates(params, updates), state
 
 
-PATHS = {"step": sgdx.step, "update": update_and_apply}
+# the in-place step (the default), and the kernel in update (fused=True)
+PATHS = {"step": (sgdx.step, None), "update": (update_and_apply, True)}
 
 
 def run_fused(opt, problem, path="step", steps=oracle.STEPS, donate=True):
     params = {k: jnp.asarray(v) for k, v in problem["params"].items()}
     state = opt.init(params)
-    step = jax.jit(PATHS[path], static_argnums=0, donate_argnums=(1, 3) if donate else ())
+    step = jax.jit(PATHS[path][0], static_argnums=0, donate_argnums=(1, 3) if donate else ())
     out = {f"param/{k}": [] for k in params} | {f"buf/{k}": [] for k in params}
     for k in range(steps):
         grads = oracle.gradient(problem, {n: np.asarray(p) for n, p in params.items()}, k)
@@ -53,7 +55,7 @@ def run_fused(opt, problem, path="step", steps=oracle.STEPS, donate=True):
 def test_fused_paths_match_reference_and_torch(name, kwargs, dtype, path):
     problem = oracle.make_problem(11, dtype, maximize=kwargs.get("maximize", False))
     lrs = oracle.learning_rates(kwargs)
-    fused = run_fused(fused_from_config(kwargs, lrs), problem, path)
+    fused = run_fused(fused_from_config(kwargs, lrs, PATHS[path][1]), problem, path)
     reference = oracle.run_sgdx(oracle.sgdx_optimizer(kwargs, lrs, fused=False), problem)
     oracle.assert_trajectories_close(fused, reference)
     pytest.importorskip("torch")
@@ -61,16 +63,21 @@ def test_fused_paths_match_reference_and_torch(name, kwargs, dtype, path):
     oracle.assert_trajectories_close(fused, torch_run, kwargs.get("momentum", 0.0))
 
 
-def test_the_kernel_runs_in_the_standard_update_and_in_step():
-    opt = sgdx.sgd(0.1, momentum=0.9, weight_decay=0.1)
+def test_where_the_kernel_runs():
+    """step: by default and with fused=True; update: with fused=True; fused=False: never."""
     params = {"w": jnp.linspace(-1.0, 1.0, 7, dtype=jnp.float32)}
     grads = {"w": jnp.ones(7, jnp.float32)}
-    state = opt.init(params)
-    assert "sgdx_sgd_step" in str(jax.make_jaxpr(opt.update)(grads, state, params))
-    in_place = jax.make_jaxpr(lambda *a: sgdx.step(opt, *a))(params, grads, state)
-    assert "sgdx_sgd_step" in str(in_place)
-    reference = sgdx.sgd(0.1, momentum=0.9, weight_decay=0.1, fused=False)
-    assert "sgdx_sgd_step" not in str(jax.make_jaxpr(reference.update)(grads, state, params))
+    for fused, in_step, in_update in (
+        (None, True, False),
+        (True, True, True),
+        (False, False, False),
+    ):
+        opt = sgdx.sgd(0.1, momentum=0.9, weight_decay=0.1, fused=fused)
+        state = opt.init(params)
+        update = jax.make_jaxpr(opt.update)(grads, state, params)
+        step = jax.make_jaxpr(lambda *a, opt=opt: sgdx.step(opt, *a))(params, grads, state)
+        assert ("sgdx_sgd_step" in str(update)) == in_update, fused
+        assert ("sgdx_sgd_step" in str(step)) == in_step, fused
 
 
 def test_fused_true_where_the_kernel_cannot_run():
