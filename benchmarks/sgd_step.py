@@ -18,9 +18,9 @@ per element) measured in the same process; "ideal step" is 20 bytes per paramete
 bandwidth. Results are printed and written as JSON (``--out``).
 
 The sgdx variants: ``sgdx_fused`` is ``sgdx.step(sgdx.sgd(...), ...)`` (one in-place pass of
-the native kernel), ``sgdx_update`` ``update`` + ``apply_updates`` of ``sgdx.sgd(..., fused=True)`` (the kernel
-computes the updates and buffers), ``sgdx`` the same with ``fused=False`` (the pure-JAX
-path, also what ``update`` runs by default).
+the native kernel), ``sgdx_update`` ``update`` + ``apply_updates`` of
+``sgdx.sgd(..., fused=True)`` (the kernel computes the updates and buffers), ``sgdx`` the
+same with ``fused=False`` (the pure-JAX path, also what ``update`` runs by default).
 
 A sample is ``--steps-per-sample`` steps issued back to back, then one wait (default 1 on
 CPU, 20 on a GPU, where a step is shorter than a host round trip). ``sgdx_fused_flat`` is
