@@ -2,8 +2,9 @@
 `step`, each one pass of ``_native/sgd_step.cc`` over the leaves on CPU.
 
 The kernel follows the reference's order of operations (``sgd``'s chain, then
-``apply_updates``); where it cannot run (another backend, several devices, other dtypes, no
-kernel) the reference runs instead, with the same numbers. Derivatives are the reference's.
+``apply_updates``); where it cannot run (another platform, chosen at lowering with
+``jax.lax.platform_dependent``; several devices, other dtypes, no kernel) the reference
+runs instead, with the same numbers. Derivatives are the reference's.
 """
 
 from __future__ import annotations
@@ -164,7 +165,6 @@ def with_kernel(
         """The kernel's (outputs tree, state), or ``None`` where the reference must run."""
         if (
             params is None
-            or jax.default_backend() != "cpu"
             or jax.device_count() > 1
             or not isinstance(state, tuple)
             # a state of another configuration: the reference path says which
@@ -211,10 +211,16 @@ def with_kernel(
         dtype = dtypes.pop()
         hyper = jnp.stack([jnp.asarray(v, dtype) for v in (lr, momentum, dampening, weight_decay)])
         at = np.array([flag_at[i] - 1 for i in live])
-        outs, new_b = kernels[apply](
+        kernel_operands = (
             hyper,
             trace.initialized[at],
             *([leaves[i] for i in live] for leaves in (p_leaves, g_leaves, b_leaves)),
+        )
+        # the platform is chosen where JAX chooses it, at lowering: the kernel on CPU
+        outs, new_b = jax.lax.platform_dependent(
+            *kernel_operands,
+            cpu=kernels[apply],
+            default=functools.partial(_reference, apply=apply, build=build),
         )
         out_leaves = list(p_leaves) if apply else [None] * len(g_leaves)
         for i, out, b in zip(live, outs, new_b, strict=True):

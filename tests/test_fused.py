@@ -78,6 +78,8 @@ def test_where_the_kernel_runs():
         step = jax.make_jaxpr(lambda *a, opt=opt: sgdx.step(opt, *a))(params, grads, state)
         assert ("sgdx_sgd_step" in str(update)) == in_update, fused
         assert ("sgdx_sgd_step" in str(step)) == in_step, fused
+        # the platform is chosen at lowering (jax.lax.platform_dependent), not in Python
+        assert ("platform_index" in str(step)) == in_step, fused
 
 
 def test_fused_true_where_the_kernel_cannot_run():
