@@ -187,7 +187,7 @@ def with_kernel(
         if any(not _tree.same_structure(t, treedef) for _, t in flat):
             return None  # the reference names the mismatched path
         p_leaves, b_leaves = (leaves for leaves, _ in flat)
-        flag_at = list(itertools.accumulate(b is not None for b in b_leaves))  # 1-based
+        flag_at = _tree.positions(trace.momentum_buffer)
         live = [i for i, g in enumerate(g_leaves) if g is not None]
         operands = [(p_leaves[i], g_leaves[i], b_leaves[i]) for i in live]
         dtypes = {np.dtype(jnp.result_type(x)) for x in itertools.chain(*operands) if x is not None}
@@ -198,7 +198,7 @@ def with_kernel(
                 or not jnp.shape(p) == jnp.shape(g) == jnp.shape(b)
                 for p, g, b in operands
             )
-            or jnp.shape(trace.initialized) != (flag_at[-1],)
+            or jnp.shape(trace.initialized) != (sum(k is not None for k in flag_at),)
             or len(dtypes) != 1
             or not dtypes <= TARGETS.keys()
         ):
@@ -210,7 +210,7 @@ def with_kernel(
         lr = _hyperparams.learning_rate_at(learning_rate, scalar, scale.count)
         dtype = dtypes.pop()
         hyper = jnp.stack([jnp.asarray(v, dtype) for v in (lr, momentum, dampening, weight_decay)])
-        at = np.array([flag_at[i] - 1 for i in live])
+        at = np.array([flag_at[i] for i in live])
         kernel_operands = (
             hyper,
             trace.initialized[at],

@@ -4,6 +4,7 @@ like a leaf, saturating counters. The bottom layer: it imports nothing from sgdx
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -105,6 +106,15 @@ def map_updates(
     return tuple(jax.tree.unflatten(treedef, column) for column in zip(*rows, strict=True))
 
 
+def positions(tree: PyTree) -> list[int | None]:
+    """For each leaf of ``tree`` (``None`` leaves included, in ``jax.tree.flatten`` order with
+    ``None`` as a leaf), its index in the per-parameter vector of :func:`per_leaf`, or
+    ``None`` for a ``None`` leaf."""
+    leaves = jax.tree.leaves(tree, is_leaf=_is_none)
+    counts = itertools.accumulate(leaf is not None for leaf in leaves)
+    return [None if leaf is None else k - 1 for leaf, k in zip(leaves, counts, strict=True)]
+
+
 def per_leaf(vector: jax.Array, tree: PyTree, name: str) -> PyTree:
     """``vector[k]`` at the ``k``-th leaf of ``tree`` (``None`` leaves stay ``None``).
 
@@ -114,16 +124,16 @@ def per_leaf(vector: jax.Array, tree: PyTree, name: str) -> PyTree:
     parameters' shardings (``optax.tree.map_params``) leaves it alone. :func:`stack` is the
     inverse. Raises a ``ValueError`` when the lengths differ.
     """
-    leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_none)
-    present = [leaf for leaf in leaves if leaf is not None]
-    if jnp.shape(vector) != (len(present),):
+    at = positions(tree)
+    present = sum(k is not None for k in at)
+    if jnp.shape(vector) != (present,):
         raise ValueError(
-            f"The state's {name} have shape {jnp.shape(vector)}, expected ({len(present)},): "
+            f"The state's {name} have shape {jnp.shape(vector)}, expected ({present},): "
             "one per parameter. Was this state made for other parameters? Build it with "
             "this optimizer's init(params)."
         )
-    scalars = iter(vector[k] for k in range(len(present)))
-    return jax.tree.unflatten(treedef, [None if x is None else next(scalars) for x in leaves])
+    treedef = jax.tree.structure(tree, is_leaf=_is_none)
+    return jax.tree.unflatten(treedef, [None if k is None else vector[k] for k in at])
 
 
 def stack(tree: PyTree, dtype: Any) -> jax.Array:
