@@ -11,7 +11,6 @@ from sgdx._base import (
     chain,
     identity,
 )
-from sgdx._build import NativeStatus, native_status
 from sgdx._fused import step
 from sgdx._groups import (
     ParamGroupsState,
@@ -22,6 +21,7 @@ from sgdx._groups import (
 )
 from sgdx._guard import SkipNonFiniteState, skip_nonfinite
 from sgdx._inject import InjectHyperparamsState, inject_hyperparams
+from sgdx._kernel import NativeStatus, native_status
 from sgdx._layout import momentum_buffers
 from sgdx._momentum import SutskeverTraceState, TraceState, sutskever_trace, trace
 from sgdx._plateau import ReduceLROnPlateau, ReduceLROnPlateauState, reduce_lr_on_plateau

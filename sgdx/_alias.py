@@ -9,7 +9,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from sgdx import _fused, _hyperparams, _transforms, _tree
 from sgdx._base import GradientTransformation, ScalarOrSchedule, chain
-from sgdx._build import native_status
+from sgdx._kernel import native_status
 from sgdx._momentum import sutskever_trace, trace
 
 Convention = Literal["pytorch", "sutskever"]

@@ -3,8 +3,9 @@
 
 The kernel follows the reference's order of operations (``sgd``'s chain, then
 ``apply_updates``); where it cannot run (another platform, chosen at lowering with
-``jax.lax.platform_dependent``; several devices, other dtypes, no kernel) the reference
-runs instead, with the same numbers. Derivatives are the reference's.
+``jax.lax.platform_dependent``; other dtypes, no kernel) the reference runs instead, with
+the same numbers. With several devices the kernel runs on each device's shards. Derivatives
+are the reference's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.custom_partitioning import SdyShardingRule, custom_partitioning
 
 from sgdx import _hyperparams, _tree
 from sgdx._base import (
@@ -29,7 +31,7 @@ from sgdx._base import (
     Updates,
     apply_updates,
 )
-from sgdx._build import TARGETS, native_status
+from sgdx._kernel import TARGETS, native_status
 from sgdx._momentum import TraceState
 from sgdx._transforms import ScaleByLearningRateState
 
@@ -56,8 +58,57 @@ def _warn_fallback(reason: str) -> None:
     )
 
 
-def _struct(shape: tuple[int, ...], dtype: Any) -> Any:
-    return jax.ShapeDtypeStruct(shape, dtype)  # type: ignore[no-untyped-call]
+def _call(
+    hyper: jax.Array, flags: jax.Array, *leaves: jax.Array, apply: bool, **attrs: bool
+) -> tuple[jax.Array, ...]:
+    """One kernel call over ``n`` leaves: ``leaves`` is n params, n grads, n buffers; the
+    results are n params written over the params (``apply``) or n updates written over the
+    gradients, which they replace (no new arrays), and n buffers written over the buffers."""
+    n = len(leaves) // 3
+    aliases = {2 + 2 * n + i: n + i for i in range(n)}
+    aliases.update({(2 if apply else 2 + n) + i: i for i in range(n)})
+    call = jax.ffi.ffi_call(
+        TARGETS[np.dtype(hyper.dtype)],
+        # results typed as the operands they overwrite (inside shard_map: varying as they)
+        tuple(jax.typeof(x) for x in (*leaves[:n], *leaves[2 * n :])),
+        input_output_aliases=aliases,
+    )
+    return tuple(call(hyper, flags, *leaves, apply=apply, **attrs))
+
+
+def _per_shard(
+    hyper: jax.Array, flags: jax.Array, *leaves: jax.Array, **attrs: bool
+) -> tuple[jax.Array, ...]:
+    """:func:`_call` on each device's shards. The update is elementwise, so each leaf is
+    computed in its buffer's sharding (parameters and gradients are resharded to it where
+    they differ, as a ZeRO-1 layout's replicated parameters are sliced), and the results
+    keep it. On one device, or inside ``shard_map``, it is :func:`_call` itself."""
+    n = len(leaves) // 3
+
+    def call(*operands: jax.Array) -> tuple[jax.Array, ...]:  # positional only, as it must
+        return _call(*operands, **attrs)  # type: ignore[arg-type]
+
+    def shardings(mesh: Any, arg_shapes: Any) -> tuple[Any, ...]:
+        return tuple(arg_shapes[2 + 2 * n + i].sharding for i in range(n)) * 2
+
+    def partition(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple[Any, ...]:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        results = shardings(mesh, arg_shapes)
+        return mesh, call, results, (replicated, replicated, *results[:n] * 3)
+
+    partitioned = custom_partitioning(call)
+    dims = [tuple(f"leaf{i}_{d}" for d in range(x.ndim)) for i, x in enumerate(leaves[:n])]
+    partitioned.def_partition(
+        infer_sharding_from_operands=lambda mesh, args, result: shardings(mesh, args),
+        partition=partition,
+        sharding_rule=SdyShardingRule(
+            (("hyper",), ("flags",), *dims * 3),
+            (*dims * 2,),
+            need_replication_factors=("hyper", "flags"),
+        ),
+    )
+    # custom_partitioning has no batching rule: under vmap, one call per batch element
+    return jax.custom_batching.sequential_vmap(partitioned)(hyper, flags, *leaves)  # type: ignore[no-any-return]
 
 
 def _native(
@@ -71,29 +122,16 @@ def _native(
     nesterov: bool,
     maximize: bool,
 ) -> tuple[list[jax.Array], list[jax.Array]]:
-    """The kernel over the leaves: the new parameters (``apply``, written over them) or the
-    updates, and the new buffers (written over them). ``flags`` (bool, one per leaf) tells
-    which buffers have started."""
-    target = TARGETS[np.dtype(hyper.dtype)]
+    """The kernel over the leaves, shard by shard: the new parameters (``apply``, written
+    over them) or the updates, and the new buffers (written over them). ``flags`` (bool,
+    one per leaf) tells which buffers have started."""
     outs: list[jax.Array] = []
     new_buffers: list[jax.Array] = []
     for start in range(0, len(params), _LEAVES_PER_CALL):
         p, g, b = (x[start : start + _LEAVES_PER_CALL] for x in (params, grads, buffers))
-        n = len(p)
-        # operands: hyper, flags, n params, n grads, n buffers; results: n params written
-        # over the params (apply) or n updates written over the gradients, which they
-        # replace (no new arrays), and n buffers written over the buffers
-        aliases = {2 + 2 * n + i: n + i for i in range(n)}
-        aliases.update({(2 if apply else 2 + n) + i: i for i in range(n)})
-        call = jax.ffi.ffi_call(
-            target,
-            tuple(_struct(x.shape, x.dtype) for x in (*p, *b)),
-            input_output_aliases=aliases,
-            vmap_method="sequential",
-        )
-        out = call(
+        out = _per_shard(
             hyper,
-            flags[start : start + n],
+            flags[start : start + len(p)],
             *p,
             *g,
             *b,
@@ -101,8 +139,8 @@ def _native(
             nesterov=nesterov,
             maximize=maximize,
         )
-        outs += out[:n]
-        new_buffers += out[n:]
+        outs += out[: len(p)]
+        new_buffers += out[len(p) :]
     return outs, new_buffers
 
 
@@ -165,7 +203,6 @@ def with_kernel(
         """The kernel's (outputs tree, state), or ``None`` where the reference must run."""
         if (
             params is None
-            or jax.device_count() > 1
             or not isinstance(state, tuple)
             # a state of another configuration: the reference path says which
             or not _tree.same_structure(

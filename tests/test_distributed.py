@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).parents[1]
 
@@ -45,6 +46,37 @@ def test_data_parallel_modes_match_the_single_device_run():
     }
     assert report["eager_init_layout"] == {"same_sharding": True, "zeros": True}
     assert report["fused_sharded_layout"] is True
+
+
+@pytest.mark.parametrize("partitioner", ["shardy", "gspmd"])
+def test_native_kernel_runs_per_shard_in_every_layout(partitioner):
+    """``sgdx.step`` on 8 devices calls the kernel on each device's shards (row-sharded,
+    replicated, ZeRO-1, inside shard_map, on one of the 8), with no collective but ZeRO-1's
+    gather of the parameters, the shardings kept, and the pure-JAX path's numbers."""
+    env = environment(8)
+    env["JAX_USE_SHARDY_PARTITIONER"] = str(partitioner == "shardy").lower()
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.distributed.kernel_per_shard"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    status, *meshes = (json.loads(line) for line in result.stdout.strip().splitlines())
+    if not status["status"]:
+        pytest.skip("the native kernel is not available")
+    layouts = {
+        (axes, name): r for mesh in meshes for axes, v in mesh.items() for name, r in v.items()
+    }
+    assert len(layouts) == 11
+    for (axes, name), report in layouts.items():
+        assert report["diff"] == 0.0, (axes, name, report)
+        assert report["kernel"] and report["shardings_kept"], (axes, name, report)
+        local = name in ("one_device", "replicated")
+        assert report["w_shape_in_kernel"] == ["16,32" if local else "2,32"], (axes, name)
+        assert report["collectives"] == (["all-gather"] if name == "zero1" else []), (axes, name)
 
 
 def free_port() -> int:

@@ -1,19 +1,30 @@
-"""The native kernel's build, tried as a new user's machine would try it: each environment
-in a process of its own, which must survive, report why the kernel is or is not available,
-and step to the reference path's numbers either way."""
+"""The native kernel as users get it: built by the package's build, tried in a process of
+its own per environment, which must survive, report why the kernel is or is not available,
+and step to the reference path's numbers either way.
+
+A wheel is built once from this tree (with ``CXX`` a compiler wrapper with flags, as
+``ccache g++`` is) and installed with ``pip --target`` (and, in one test, into a fresh
+venv); each test runs this interpreter with that installation first on ``sys.path``.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import venv
+import zipfile
+from pathlib import Path
 
 import pytest
 
-if shutil.which("c++") is None and shutil.which("g++") is None:
-    pytest.skip("no C++ compiler to build the kernel with", allow_module_level=True)
+ROOT = Path(__file__).resolve().parents[1]
+COMPILER = shutil.which("g++") or shutil.which("c++")
+if COMPILER is None or not (ROOT / "setup.py").exists():
+    pytest.skip("no C++ compiler or no source tree to build sgdx from", allow_module_level=True)
 
 SCRIPT = textwrap.dedent(
     """
@@ -22,6 +33,7 @@ SCRIPT = textwrap.dedent(
     import sgdx
 
     status = sgdx.native_status()
+    print("file", sgdx.__file__)
     print("available", status.available)
     print("reason", status.reason)
     opt = sgdx.sgd(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
@@ -40,16 +52,73 @@ SCRIPT = textwrap.dedent(
     print("kernel", "sgdx_sgd_step" in str(jaxpr))
     """
 )
+# what a package needs to build: the rest of the tree (tests, docs) is not part of it
+PACKAGE = ["pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in", "sgdx"]
+NO_COMPILER = "/nonexistent/g++"
 
 
-def run(env_changes, cache, timeout=300):
-    env = {**os.environ, "SGDX_CACHE_DIR": str(cache), **env_changes}
-    env = {k: v for k, v in env.items() if v is not None}
+def copy_tree(to: Path) -> Path:
+    to.mkdir()
+    for name in PACKAGE:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, to / name, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+        else:
+            shutil.copy(source, to / name)
+    return to
+
+
+def pip(*args: str, env: dict[str, str] | None = None, python: str = sys.executable) -> str:
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=timeout
+        [python, "-m", "pip", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
     )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def install(source: Path, target: Path, env: dict[str, str] | None = None) -> Path:
+    pip("install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target),
+        str(source), env=env)  # fmt: skip
+    return target
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """sgdx's wheel, built from this tree with ``CXX`` a wrapper with flags."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    wrapper = tmp / "ccache-like"
+    wrapper.write_text(f'#!/bin/sh\nexec {COMPILER} "$@"\n')
+    wrapper.chmod(0o755)
+    pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"),
+        str(copy_tree(tmp / "tree")), env={"CXX": f"{wrapper} -O2"})  # fmt: skip
+    (built,) = (tmp / "dist").glob("*.whl")
+    return built
+
+
+@pytest.fixture
+def installed(wheel, tmp_path) -> Path:
+    """The wheel installed into a folder of its own."""
+    return install(wheel, tmp_path / "site")
+
+
+def run(site: Path | None, env_changes=None, python=sys.executable, timeout=300):
+    """SCRIPT in a fresh process, with ``site`` first on its path, and no compiler on PATH."""
+    env = {**os.environ, "PATH": str(Path(python).parent), "CXX": NO_COMPILER}
+    env.update({"PYTHONPATH": str(site)} if site else {})
+    env = {k: v for k, v in {**env, **(env_changes or {})}.items() if v is not None}
+    result = subprocess.run(
+        [python, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=timeout,
+        cwd=Path(python).parent,  # not this tree, whose sgdx would come first
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    out = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    if site:
+        assert out["file"].startswith(str(site)), out
+    return out
 
 
 def assert_reference_numbers(out, available):
@@ -59,65 +128,81 @@ def assert_reference_numbers(out, available):
     assert out["warnings"] == ("0" if available else "1"), out
 
 
-def test_default_compiler_builds_once_and_loads_from_the_cache(tmp_path):
-    first = run({}, tmp_path)
-    assert_reference_numbers(first, True)
-    assert first["reason"].startswith("built with")
-    second = run({}, tmp_path)
-    assert_reference_numbers(second, True)
-    assert second["reason"].startswith("loaded from the cache")
+def test_wheel_carries_the_kernel_for_any_cpython_and_any_x86_64(wheel):
+    """One wheel per platform (the library uses no Python API), with baseline code only
+    outside the loops that the loader picks by CPU (which would otherwise die of SIGILL on
+    a CPU without AVX)."""
+    assert re.fullmatch(r"sgdx-[\w.]+-cp310-abi3-\w+\.whl", wheel.name), wheel.name
+    with zipfile.ZipFile(wheel) as archive:
+        (library,) = [n for n in archive.namelist() if "libsgdx_sgd_step" in n]
+        data = archive.read(library)
+    if sys.platform != "linux" or os.uname().machine != "x86_64" or not shutil.which("objdump"):
+        pytest.skip("the instruction check reads an x86-64 ELF with objdump")
+    (wheel.parent / "lib.so").write_bytes(data)
+    listing = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", "-C", str(wheel.parent / "lib.so")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    functions = re.split(r"\n(?=[0-9a-f]+ <)", listing)
+    clones = [f for f in functions if re.match(r"[0-9a-f]+ <.*\[clone \.avx(2|512f)\]>:", f)]
+    baseline = [f for f in functions if f not in clones]
+    assert len(clones) == 2 * 2 * 64  # avx2 and avx512f, 2 dtypes, 64 flag combinations
+    assert any("%zmm" in f for f in clones) and any("%ymm" in f for f in clones)
+    assert not [f.split("\n", 1)[0] for f in baseline if re.search(r"%[yz]mm", f)]
 
 
-@pytest.mark.parametrize("cxx", ["/nonexistent/g++", "no-such-compiler"])
-def test_missing_compiler(tmp_path, cxx):
-    out = run({"CXX": cxx}, tmp_path)
-    assert_reference_numbers(out, False)
-    assert "no C++ compiler" in out["reason"] and cxx in out["reason"]
-
-
-def test_compiler_wrapper_with_flags(tmp_path):
-    compiler = shutil.which("g++") or shutil.which("c++")
-    wrapper = tmp_path / "ccache-like"
-    wrapper.write_text(f'#!/bin/sh\nexec {compiler} "$@"\n')
-    wrapper.chmod(0o755)
-    for cxx in (f"{compiler} -O2", f"{wrapper} -O2"):
-        out = run({"CXX": cxx}, tmp_path / cxx.replace("/", "_").replace(" ", "_"))
-        assert_reference_numbers(out, True)
-
-
-def test_c_driver_fails_cleanly_and_caches_nothing_broken(tmp_path):
-    if shutil.which("gcc") is None:
-        pytest.skip("no gcc")
-    out = run({"CXX": "gcc"}, tmp_path)
-    assert_reference_numbers(out, False)
-    assert "failed" in out["reason"]
-    assert not list(tmp_path.glob("*.so"))  # nothing broken left behind
-    assert_reference_numbers(run({"CXX": None}, tmp_path), True)  # CXX unset: it works
-
-
-def test_read_only_cache_and_home():
-    out = run({"HOME": "/proc/sgdx-home", "XDG_CACHE_HOME": None}, "/proc/sgdx-cache")
+def test_installed_wheel_runs_natively_without_a_compiler(installed):
+    out = run(installed, {"HOME": "/proc/sgdx-read-only-home", "XDG_CACHE_HOME": None})
     assert_reference_numbers(out, True)
-    assert "not writable" in out["reason"]
+    assert out["reason"].startswith(f"loaded {installed}")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "no digest"])
-def test_damaged_cached_library_is_rebuilt(tmp_path, damage):
-    assert_reference_numbers(run({}, tmp_path), True)
-    (library,) = tmp_path.glob("*.so")
-    if damage == "truncated":
-        library.write_bytes(library.read_bytes()[: library.stat().st_size // 2])
-    elif damage == "empty":
-        library.write_bytes(b"")
-    else:
-        library.with_suffix(".sha256").unlink()
-    out = run({}, tmp_path)
+@pytest.mark.slow
+def test_fresh_venv_from_the_wheel(wheel, tmp_path):
+    """A new user's install: a fresh venv, the wheel and its dependencies from the package
+    index, no compiler on PATH, a read-only home."""
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    constraints = ROOT / "constraints.txt"
+    pip("install", "--quiet", "-c", str(constraints), str(wheel), python=python)
+    out = run(None, {"HOME": "/proc/sgdx-read-only-home"}, python=python)
     assert_reference_numbers(out, True)
-    assert out["reason"].startswith("built with")
+    assert out["file"].startswith(str(tmp_path / "venv"))
 
 
-def test_four_concurrent_first_uses_build_once(tmp_path):
-    env = {**os.environ, "SGDX_CACHE_DIR": str(tmp_path)}
+@pytest.mark.parametrize("cxx", [NO_COMPILER, "no-such-compiler"])
+def test_source_install_without_a_compiler_installs_and_falls_back(tmp_path, cxx):
+    tree = copy_tree(tmp_path / "tree")
+    site = install(
+        tree, tmp_path / "site", env={"CXX": cxx, "PATH": str(Path(sys.executable).parent)}
+    )
+    assert not list(site.glob("sgdx/_native/libsgdx_sgd_step.*"))
+    out = run(site)
+    assert_reference_numbers(out, False)
+    assert "installed without its native kernel" in out["reason"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "overwritten"])
+def test_damaged_library_is_not_loaded(installed, damage):
+    (library,) = installed.glob("sgdx/_native/libsgdx_sgd_step.*")
+    data = library.read_bytes()
+    replacement = {"truncated": data[: len(data) // 2], "empty": b"", "overwritten": data[::-1]}
+    library.write_bytes(replacement[damage])
+    out = run(installed)
+    assert_reference_numbers(out, False)
+    assert "does not match its installed digest" in out["reason"]
+
+
+def test_stale_build_is_not_loaded(installed):
+    source = installed / "sgdx" / "_native" / "sgd_step.cc"
+    source.write_text(source.read_text() + "// edited after the build\n")
+    out = run(installed)
+    assert_reference_numbers(out, False)
+    assert "stale build" in out["reason"]
+
+
+def test_four_processes_at_once(installed):
+    env = {**os.environ, "PYTHONPATH": str(installed), "HOME": "/proc/sgdx-read-only-home"}
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", SCRIPT],
@@ -125,32 +210,18 @@ def test_four_concurrent_first_uses_build_once(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            cwd=installed,
         )
         for _ in range(4)
     ]
-    outs = []
     for process in processes:
         stdout, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-3000:]
-        outs.append(dict(line.split(" ", 1) for line in stdout.splitlines()))
-    for out in outs:
-        assert_reference_numbers(out, True)
-    assert sum(out["reason"].startswith("built with") for out in outs) == 1
+        assert_reference_numbers(dict(line.split(" ", 1) for line in stdout.splitlines()), True)
 
 
 @pytest.mark.parametrize(("value", "available"), [("1", False), ("0", True), ("", True)])
-def test_disable_switch(tmp_path, value, available):
-    out = run({"SGDX_DISABLE_NATIVE": value}, tmp_path)
+def test_disable_switch(installed, value, available):
+    out = run(installed, {"SGDX_DISABLE_NATIVE": value})
     assert_reference_numbers(out, available)
-
-
-def test_cache_key_separates_compilers_and_cpus():
-    """A build for one compiler, compiler version or CPU is never loaded for another
-    (an AVX-512 build on a machine without AVX-512 would die of SIGILL)."""
-    from sgdx import _build
-
-    key = _build._key(["g++"], "g++ 12.2", "avx2 fma sse4_2")
-    assert key == _build._key(["g++"], "g++ 12.2", "avx2 fma sse4_2")
-    assert key != _build._key(["g++"], "g++ 12.2", "avx2 avx512f fma sse4_2")
-    assert key != _build._key(["g++"], "g++ 13.1", "avx2 fma sse4_2")
-    assert key != _build._key(["ccache", "g++"], "g++ 12.2", "avx2 fma sse4_2")
+    assert value != "1" or out["reason"] == "disabled by SGDX_DISABLE_NATIVE"

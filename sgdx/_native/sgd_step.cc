@@ -12,6 +12,9 @@
 // apply_updates) and n buffers (aliased). Every leaf is an operand of its own, so that XLA emits no
 // code around the call. The tree is cut into parts by element count, which XLA's intra-op threads
 // and the calling thread share (no thread is started per call).
+//
+// Built by the package's build (setup.py) for baseline x86-64: the loop is cloned for AVX2 and
+// AVX-512, and the loader picks the clone for the running CPU, so one binary runs on any x86-64.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -22,6 +25,12 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+
+#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
+#define SGDX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SGDX_CLONES
+#endif
 
 namespace {
 
@@ -40,7 +49,7 @@ struct Leaf {
 // update that apply_updates adds).
 template <typename T, bool kApply, bool kMaximize, bool kDecay, bool kMomentum, bool kNesterov,
           bool kStarted>
-void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep,
+SGDX_CLONES void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep,
                  T wd) {
   const T* p = leaf.p;
   T* out = leaf.out;
@@ -175,6 +184,9 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi:
                                     .Attr<bool>("apply")                      \
                                     .Attr<bool>("nesterov")                   \
                                     .Attr<bool>("maximize"));
+
+// "<sha256 of this file> <jax version>", from the build, which the loader checks.
+extern "C" const char* SgdxBuildInfo() { return SGDX_BUILD_INFO; }
 
 SGDX_HANDLER(SgdxSgdStepF32, ffi::F32)
 SGDX_HANDLER(SgdxSgdStepF64, ffi::F64)

@@ -1,0 +1,54 @@
+"""sgdx's build: the package and its native CPU kernel, ``sgdx/_native/sgd_step.cc``.
+
+The kernel is a plain shared library (an XLA FFI target, no Python module) that
+``sgdx._build`` loads with ctypes. It is compiled for baseline x86-64, its loops cloned for
+AVX2 and AVX-512 and chosen on the running CPU, so one binary runs on any x86-64. It is
+optional: without a working C++ compiler sgdx installs without it and runs the pure-JAX
+path. The library records its source's digest and the version of jax whose headers it was
+built with (``SgdxBuildInfo``), which the loader checks.
+"""
+
+import hashlib
+import platform
+import sysconfig
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+KERNEL = "sgdx._native.libsgdx_sgd_step"
+SOURCE = "sgdx/_native/sgd_step.cc"
+
+
+class BuildKernel(build_ext):
+    """build_ext for a shared library that is not a Python module: its own file name, and
+    the FFI headers of the jax it builds against."""
+
+    def get_ext_filename(self, fullname: str) -> str:
+        *package, name = fullname.split(".")
+        return str(Path(*package, name + (sysconfig.get_config_var("SHLIB_SUFFIX") or ".dll")))
+
+    def build_extension(self, ext: Extension) -> None:
+        import jax
+
+        ext.include_dirs.append(jax.ffi.include_dir())
+        source = hashlib.sha256(Path(SOURCE).read_bytes()).hexdigest()
+        ext.define_macros.append(("SGDX_BUILD_INFO", f'"{source} {jax.__version__}"'))
+        super().build_extension(ext)
+
+
+setup(
+    ext_modules=[
+        Extension(
+            KERNEL,
+            [SOURCE],
+            language="c++",
+            extra_compile_args=["-std=c++17", "-O3", "-g0", "-ffp-contract=off"],
+            extra_link_args=["-Wl,-z,defs"] if platform.system() == "Linux" else [],
+            optional=True,
+        )
+    ],
+    cmdclass={"build_ext": BuildKernel},
+    # the library uses no Python API: one wheel per platform for every CPython from 3.10
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)
