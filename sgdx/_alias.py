@@ -89,11 +89,12 @@ def sgd(
       fused: torch's ``fused``. ``None`` (the default): where the native CPU kernel can
         run (PyTorch convention, momentum on, float32 or float64 leaves of one dtype, on
         CPU devices: on each device's shards), :func:`sgdx.step` takes one in-place pass of
-        it over parameters and buffers; elsewhere, and in ``update``, the pure-JAX path runs (the same numbers;
-        one warning if the kernel is missing). ``True``: raise if the kernel or this
-        configuration cannot have it, and run it in ``update`` too (the updates and new
-        buffers in one pass; measured slower than XLA's fused update on a 2-core CPU,
-        where its outputs are fresh arrays). ``False``: always the pure-JAX path.
+        it over parameters and buffers; elsewhere, and in ``update``, the pure-JAX path
+        runs (the same numbers; one warning if the kernel is missing). ``True``: raise if
+        the kernel or this configuration cannot have it, and run it in ``update`` too (the
+        updates and new buffers in one pass; measured slower than XLA's fused update on a
+        2-core CPU, where its outputs are fresh arrays). ``False``: always the pure-JAX
+        path.
 
     Returns:
       A :class:`~sgdx.GradientTransformation`; its ``update`` needs ``params`` when weight

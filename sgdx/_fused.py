@@ -10,6 +10,7 @@ are the reference's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import warnings
@@ -18,9 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.custom_partitioning import SdyShardingRule, custom_partitioning
+from jax.interpreters import batching, mlir
 
 from sgdx import _hyperparams, _tree
 from sgdx._base import (
@@ -67,10 +70,11 @@ def _call(
     n = len(leaves) // 3
     aliases = {2 + 2 * n + i: n + i for i in range(n)}
     aliases.update({(2 if apply else 2 + n) + i: i for i in range(n)})
+    # results typed as the operands they overwrite (inside shard_map: varying as they)
+    overwritten = leaves[:n] if apply else leaves[n : 2 * n]
     call = jax.ffi.ffi_call(
         TARGETS[np.dtype(hyper.dtype)],
-        # results typed as the operands they overwrite (inside shard_map: varying as they)
-        tuple(jax.typeof(x) for x in (*leaves[:n], *leaves[2 * n :])),
+        tuple(jax.typeof(x) for x in (*overwritten, *leaves[2 * n :])),
         input_output_aliases=aliases,
     )
     return tuple(call(hyper, flags, *leaves, apply=apply, **attrs))
@@ -82,7 +86,7 @@ def _per_shard(
     """:func:`_call` on each device's shards. The update is elementwise, so each leaf is
     computed in its buffer's sharding (parameters and gradients are resharded to it where
     they differ, as a ZeRO-1 layout's replicated parameters are sliced), and the results
-    keep it. On one device, or inside ``shard_map``, it is :func:`_call` itself."""
+    keep it. Inside ``shard_map`` it is :func:`_call` itself."""
     n = len(leaves) // 3
 
     def call(*operands: jax.Array) -> tuple[jax.Array, ...]:  # positional only, as it must
@@ -107,76 +111,126 @@ def _per_shard(
             need_replication_factors=("hyper", "flags"),
         ),
     )
-    # custom_partitioning has no batching rule: under vmap, one call per batch element
-    return jax.custom_batching.sequential_vmap(partitioned)(hyper, flags, *leaves)  # type: ignore[no-any-return]
+    return partitioned(hyper, flags, *leaves)  # type: ignore[no-any-return]
 
 
 def _native(
     hyper: jax.Array,
     flags: jax.Array,
-    params: list[jax.Array],
-    grads: list[jax.Array],
-    buffers: list[jax.Array],
-    *,
-    apply: bool,
-    nesterov: bool,
-    maximize: bool,
-) -> tuple[list[jax.Array], list[jax.Array]]:
-    """The kernel over the leaves, shard by shard: the new parameters (``apply``, written
-    over them) or the updates, and the new buffers (written over them). ``flags`` (bool,
-    one per leaf) tells which buffers have started."""
+    *leaves: jax.Array,
+    call: Callable[..., tuple[jax.Array, ...]],
+    **attrs: bool,
+) -> list[jax.Array]:
+    """The kernel over ``n`` leaves (n params, n grads, n buffers), in ``call``s (:func:`_call`
+    or :func:`_per_shard`) of at most ``_LEAVES_PER_CALL`` leaves: the new parameters
+    (``apply``, written over them) or the updates, then the new buffers (written over
+    them). ``flags`` (bool, one per leaf) tells which buffers have started."""
+    n = len(leaves) // 3
     outs: list[jax.Array] = []
     new_buffers: list[jax.Array] = []
-    for start in range(0, len(params), _LEAVES_PER_CALL):
-        p, g, b = (x[start : start + _LEAVES_PER_CALL] for x in (params, grads, buffers))
-        out = _per_shard(
-            hyper,
-            flags[start : start + len(p)],
-            *p,
-            *g,
-            *b,
-            apply=apply,
-            nesterov=nesterov,
-            maximize=maximize,
-        )
-        outs += out[: len(p)]
-        new_buffers += out[len(p) :]
-    return outs, new_buffers
+    for start in range(0, n, _LEAVES_PER_CALL):
+        stop = min(start + _LEAVES_PER_CALL, n)
+        part = [leaves[k * n + i] for k in range(3) for i in range(start, stop)]
+        out = call(hyper, flags[start:stop], *part, **attrs)
+        outs += out[: stop - start]
+        new_buffers += out[stop - start :]
+    return [*outs, *new_buffers]
 
 
 def _reference(
     hyper: jax.Array,
     flags: jax.Array,
-    params: list[jax.Array],
-    grads: list[jax.Array],
-    buffers: list[jax.Array],
-    *,
+    *leaves: jax.Array,
     apply: bool,
     build: Callable[[jax.Array], GradientTransformation],
-) -> tuple[list[jax.Array], list[jax.Array]]:
+    **_: Any,
+) -> list[jax.Array]:
     """:func:`_native` in pure JAX: the reference chain ``build(hyper)`` on the same
     operands. Its derivatives are the native path's."""
+    n = len(leaves) // 3
+    params, grads, buffers = (list(leaves[k * n : (k + 1) * n]) for k in range(3))
     tx = build(hyper)
     state = tuple(
         TraceState(buffers, flags) if isinstance(s, TraceState) else s for s in tx.init(params)
     )
     updates, state = tx.update(grads, state, params)
     trace = next(s for s in state if isinstance(s, TraceState))
-    return (apply_updates(params, updates) if apply else updates), trace.momentum_buffer
+    return [*(apply_updates(params, updates) if apply else updates), *trace.momentum_buffer]
+
+
+# One update over the leaves, chosen where JAX chooses a platform, at lowering: the kernel
+# on CPU, the reference elsewhere (traced only when lowered for another platform).
+_sgd_step_p = jax.extend.core.Primitive("sgdx_sgd_step")
+_sgd_step_p.multiple_results = True
+
+
+@_sgd_step_p.def_abstract_eval
+def _abstract_eval(hyper: Any, flags: Any, *leaves: Any, apply: bool, **_: Any) -> list[Any]:
+    n = len(leaves) // 3  # typed as what they overwrite: the params or the grads, the buffers
+    return [*(leaves[:n] if apply else leaves[n : 2 * n]), *leaves[2 * n :]]
+
+
+def _lower_reference(ctx: Any, *operands: Any, **params: Any) -> Any:
+    """On other platforms: the reference."""
+    return mlir.lower_fun(functools.partial(_reference, **params), multiple_results=True)(
+        ctx, *operands
+    )
+
+
+def _lower_kernel(ctx: Any, *operands: Any, **params: Any) -> Any:
+    """On CPU: the kernel; on each device's shards where the computation spans several
+    devices (inside ``shard_map``, a device's shards are its operands)."""
+    axis_context = ctx.module_context.axis_context
+    call: Callable[..., tuple[jax.Array, ...]] = _per_shard
+    if getattr(axis_context, "num_devices", None) == 1:
+        call = _call
+    elif getattr(axis_context, "device_assignment", ()) is None:
+        return _lower_reference(ctx, *operands, **params)  # no devices to partition over
+    attrs = {k: v for k, v in params.items() if k != "build"}
+    return mlir.lower_fun(functools.partial(_native, call=call, **attrs), multiple_results=True)(
+        ctx, *operands
+    )
+
+
+mlir.register_lowering(_sgd_step_p, _lower_kernel, platform="cpu")
+mlir.register_lowering(_sgd_step_p, _lower_reference)
+# custom_partitioning needs the computation's devices when it is lowered, which JAX gives
+# the primitives that ask for them (as its own cuDNN kernels do)
+with contextlib.suppress(ImportError, AttributeError):
+    from jax._src import dispatch
+
+    dispatch.prim_requires_devices_during_lowering.add(_sgd_step_p)
+
+
+def _batch(operands: Any, dims: Any, **params: Any) -> tuple[list[jax.Array], list[int]]:
+    """Under ``jax.vmap``: one update per batch element."""
+    mapped = [d is not None for d in dims]  # None: not batched
+    batched = [jnp.moveaxis(x, d, 0) for x, d, m in zip(operands, dims, mapped, strict=True) if m]
+
+    def one(xs: list[jax.Array]) -> list[jax.Array]:
+        it = iter(xs)
+        return _sgd_step_p.bind(
+            *(next(it) if m else x for x, m in zip(operands, mapped, strict=False)), **params
+        )  # type: ignore[no-any-return]
+
+    outs = jax.lax.map(one, batched)
+    return outs, [0] * len(outs)
+
+
+batching.primitive_batchers[_sgd_step_p] = _batch
 
 
 def _differentiable(
     apply: bool, nesterov: bool, maximize: bool, build: Callable[[jax.Array], Any]
 ) -> Any:
-    """:func:`_native`, differentiated (``jax.grad``, ``jax.jvp``, ...) through
+    """The update over the leaves, differentiated (``jax.grad``, ``jax.jvp``, ...) through
     :func:`_reference`, since the kernel has no derivative of its own: every operand,
     ``hyper`` included, is an argument, so derivatives reach the hyperparameters."""
-    native = jax.custom_jvp(
-        functools.partial(_native, apply=apply, nesterov=nesterov, maximize=maximize)
-    )
-    reference = functools.partial(_reference, apply=apply, build=build)
-    native.defjvp(lambda primals, tangents: jax.jvp(reference, primals, tangents))
-    return native
+    attrs = {"apply": apply, "nesterov": nesterov, "maximize": maximize, "build": build}
+    step = jax.custom_jvp(lambda *operands: _sgd_step_p.bind(*operands, **attrs))
+    reference = functools.partial(_reference, **attrs)
+    step.defjvp(lambda primals, tangents: jax.jvp(reference, primals, tangents))
+    return step
 
 
 def with_kernel(
@@ -248,17 +302,12 @@ def with_kernel(
         dtype = dtypes.pop()
         hyper = jnp.stack([jnp.asarray(v, dtype) for v in (lr, momentum, dampening, weight_decay)])
         at = np.array([flag_at[i] for i in live])
-        kernel_operands = (
+        results = kernels[apply](
             hyper,
             trace.initialized[at],
-            *([leaves[i] for i in live] for leaves in (p_leaves, g_leaves, b_leaves)),
+            *(leaves[i] for leaves in (p_leaves, g_leaves, b_leaves) for i in live),
         )
-        # the platform is chosen where JAX chooses it, at lowering: the kernel on CPU
-        outs, new_b = jax.lax.platform_dependent(
-            *kernel_operands,
-            cpu=kernels[apply],
-            default=functools.partial(_reference, apply=apply, build=build),
-        )
+        outs, new_b = results[: len(live)], results[len(live) :]
         out_leaves = list(p_leaves) if apply else [None] * len(g_leaves)
         for i, out, b in zip(live, outs, new_b, strict=True):
             out_leaves[i], b_leaves[i] = out, b

@@ -78,8 +78,15 @@ def test_where_the_kernel_runs():
         step = jax.make_jaxpr(lambda *a, opt=opt: sgdx.step(opt, *a))(params, grads, state)
         assert ("sgdx_sgd_step" in str(update)) == in_update, fused
         assert ("sgdx_sgd_step" in str(step)) == in_step, fused
-        # the platform is chosen at lowering (jax.lax.platform_dependent), not in Python
-        assert ("platform_index" in str(step)) == in_step, fused
+        # the platform is chosen at lowering, not in Python: the kernel where it is lowered
+        # for CPU, the reference for any other platform, from the same trace
+        for platform, kernel in (("cpu", in_step), ("cuda", False), ("tpu", False)):
+            exported = jax.export.export(
+                jax.jit(lambda *a, opt=opt: sgdx.step(opt, *a)),
+                platforms=(platform,),
+                disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("sgdx_sgd_step_f32")],
+            )(params, grads, state)
+            assert ("sgdx_sgd_step_f32" in exported.mlir_module()) == kernel, (fused, platform)
 
 
 def test_fused_true_where_the_kernel_cannot_run():
