@@ -101,12 +101,14 @@ def _per_shard(
         return mesh, call, results, (replicated, replicated, *results[:n] * 3)
 
     partitioned = custom_partitioning(call)
-    dims = [tuple(f"leaf{i}_{d}" for d in range(x.ndim)) for i, x in enumerate(leaves[:n])]
+    dims: list[Any] = [
+        tuple(f"leaf{i}_{d}" for d in range(x.ndim)) for i, x in enumerate(leaves[:n])
+    ]
     partitioned.def_partition(
         infer_sharding_from_operands=lambda mesh, args, result: shardings(mesh, args),
         partition=partition,
         sharding_rule=SdyShardingRule(
-            (("hyper",), ("flags",), *dims * 3),
+            (("hyper",), ("flags",), *dims * 3),  # type: ignore[arg-type]
             (*dims * 2,),
             need_replication_factors=("hyper", "flags"),
         ),
@@ -209,9 +211,9 @@ def _batch(operands: Any, dims: Any, **params: Any) -> tuple[list[jax.Array], li
 
     def one(xs: list[jax.Array]) -> list[jax.Array]:
         it = iter(xs)
-        return _sgd_step_p.bind(
+        return _sgd_step_p.bind(  # type: ignore[no-any-return]
             *(next(it) if m else x for x, m in zip(operands, mapped, strict=False)), **params
-        )  # type: ignore[no-any-return]
+        )
 
     outs = jax.lax.map(one, batched)
     return outs, [0] * len(outs)
@@ -226,7 +228,7 @@ def _differentiable(
     """The update over the leaves, differentiated (``jax.grad``, ``jax.jvp``, ...) through
     :func:`_reference`, since the kernel has no derivative of its own: every operand,
     ``hyper`` included, is an argument, so derivatives reach the hyperparameters."""
-    attrs = {"apply": apply, "nesterov": nesterov, "maximize": maximize, "build": build}
+    attrs: dict[str, Any] = dict(apply=apply, nesterov=nesterov, maximize=maximize, build=build)
     step = jax.custom_jvp(lambda *operands: _sgd_step_p.bind(*operands, **attrs))
     reference = functools.partial(_reference, **attrs)
     step.defjvp(lambda primals, tangents: jax.jvp(reference, primals, tangents))
