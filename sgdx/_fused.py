@@ -2,10 +2,10 @@
 `step`, each one pass of ``_native/sgd_step.cc`` over the leaves on CPU.
 
 The kernel follows the reference's order of operations (``sgd``'s chain, then
-``apply_updates``); where it cannot run (another platform, chosen at lowering with
-``jax.lax.platform_dependent``; other dtypes, no kernel) the reference runs instead, with
-the same numbers. With several devices the kernel runs on each device's shards. Derivatives
-are the reference's.
+``apply_updates``); where it cannot run (another platform, chosen at lowering: the update
+is one primitive with a lowering per platform; other dtypes, no kernel) the reference runs
+instead, with the same numbers. With several devices the kernel runs on each device's
+shards. Derivatives are the reference's.
 """
 
 from __future__ import annotations
