@@ -253,7 +253,10 @@ def with_kernel(
     scalar = _hyperparams.check_learning_rate(learning_rate)
     kernels = {apply: _differentiable(apply, nesterov, maximize, build) for apply in (False, True)}
 
-    kinds = [type(s) for s in reference.init({})]
+    @functools.cache
+    def kinds() -> list[type]:
+        """The types of the reference's state, in order."""
+        return [type(s) for s in jax.eval_shape(reference.init, {})]
 
     def native_pass(
         grads: Updates, state: OptState, params: Params | None, apply: bool
@@ -264,7 +267,7 @@ def with_kernel(
             or not isinstance(state, tuple)
             # a state of another configuration: the reference path says which (the trees
             # in it are checked against the gradients' below)
-            or [type(s) for s in state] != kinds
+            or [type(s) for s in state] != kinds()
         ):
             return None
         trace_at = [type(s) for s in state].index(TraceState)

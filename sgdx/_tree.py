@@ -239,7 +239,10 @@ def host_array(value: np.ndarray, tree: PyTree) -> jax.Array:
     if abstract_mesh is None or not abstract_mesh().axis_names:
         placed: jax.Array = jax.device_put(value)
         return placed
-    mesh = jax.sharding.get_mesh()  # type: ignore[attr-defined,unused-ignore]
+    try:
+        mesh = jax.sharding.get_mesh()  # type: ignore[attr-defined,unused-ignore]
+    except ValueError:  # inside jax.jit with nothing traced in ``tree`` (an empty tree)
+        return jnp.asarray(value)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # type: ignore[no-untyped-call,unused-ignore]
     return jax.device_put(value, replicated)  # type: ignore[no-any-return,unused-ignore]
 

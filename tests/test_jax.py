@@ -225,3 +225,11 @@ def test_converges(problem, name, kwargs, convention):
     (final, _), _ = jax.lax.scan(body, (params, tx.init(params)), length=3000)
     reduction = 1e-2 if problem is rosenbrock else 1e-3  # plain SGD crawls along the valley
     assert float(problem(final)) < reduction * float(problem(params))
+
+
+def test_init_of_an_empty_tree_inside_jit_under_a_mesh():
+    """No leaf to trace, inside jit, with a mesh set: the flags are made inside the trace."""
+    mesh = jax.make_mesh((1,), ("x",))
+    with jax.set_mesh(mesh):
+        state = jax.jit(sgdx.sgd(0.1, momentum=0.9).init)({})
+    assert state[1].initialized.shape == (0,)
