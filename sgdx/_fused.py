@@ -110,7 +110,6 @@ def _per_shard(
         sharding_rule=SdyShardingRule(
             (("hyper",), ("flags",), *dims * 3),  # type: ignore[arg-type]
             (*dims * 2,),
-            need_replication_factors=("hyper", "flags"),
         ),
     )
     return partitioned(hyper, flags, *leaves)  # type: ignore[no-any-return]

@@ -30,6 +30,7 @@ def test_demo_prints_matching_torch_and_sgdx_runs():
 
 def test_cli_rejects_bad_arguments():
     assert "invalid choice" in run_cli("train").stderr
+    pytest.importorskip("sklearn")  # without the demo extra, the demo says so first
     result = run_cli("demo", "--lr", "-0.5")
     assert result.returncode == 2 and "Invalid learning rate: -0.5" in result.stderr
 
@@ -61,6 +62,7 @@ def test_compare_with_momentum_correction_does_not_diverge():
 
 
 def test_compare_shows_progress_on_long_runs():
+    pytest.importorskip("tqdm")
     result = run_cli("compare", "--steps", "2000", "--schedule", "cosine", "--problem", "quadratic")
     assert result.returncode == 0, result.stderr
     assert "2000/2000" in result.stderr

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export
 
 import sgdx
 from tests import oracle
@@ -81,10 +82,10 @@ def test_where_the_kernel_runs():
         # the platform is chosen at lowering, not in Python: the kernel where it is lowered
         # for CPU, the reference for any other platform, from the same trace
         for platform, kernel in (("cpu", in_step), ("cuda", False), ("tpu", False)):
-            exported = jax.export.export(
+            exported = export.export(
                 jax.jit(lambda *a, opt=opt: sgdx.step(opt, *a)),
                 platforms=(platform,),
-                disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("sgdx_sgd_step_f32")],
+                disabled_checks=[export.DisabledSafetyCheck.custom_call("sgdx_sgd_step_f32")],
             )(params, grads, state)
             assert ("sgdx_sgd_step_f32" in exported.mlir_module()) == kernel, (fused, platform)
 

@@ -8,6 +8,7 @@ split over all devices (CPU collectives through gloo), and write their final par
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import jax
@@ -25,13 +26,14 @@ def global_array(value, sharding):
 def main(process_id: int, port: int, out: str) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     # before anything touches a device: the problem module builds arrays when imported
+    timeouts = {"heartbeat_timeout_seconds": 10, "shutdown_timeout_seconds": 10}
+    known = inspect.signature(jax.distributed.initialize).parameters  # older jax: fewer
     jax.distributed.initialize(
         coordinator_address=f"127.0.0.1:{port}",
         num_processes=2,
         process_id=process_id,
         initialization_timeout=60,
-        heartbeat_timeout_seconds=10,
-        shutdown_timeout_seconds=10,
+        **{name: value for name, value in timeouts.items() if name in known},
     )
 
     from tests.distributed.problem import PARAMS, STEPS, X, Y, apply, loss_fn, tx
