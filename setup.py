@@ -31,7 +31,7 @@ class BuildKernel(build_ext):
     def build_extension(self, ext: Extension) -> None:
         import jax
 
-        ext.include_dirs.append(jax.ffi.include_dir())
+        ext.extra_compile_args += ["-isystem", jax.ffi.include_dir()]  # its warnings are not ours
         source = hashlib.sha256(Path(SOURCE).read_bytes()).hexdigest()
         ext.define_macros.append(("SGDX_BUILD_INFO", f'"{source} {jax.__version__}"'))
         super().build_extension(ext)
