@@ -74,10 +74,10 @@ def layouts(mesh):
     out = {}
 
     params = jax.tree.map(jnp.asarray, PARAMS)  # uncommitted, on the default device
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     out["one_device"] = report(
         step_, params, kernel.init(params), lambda g: jax.tree.map(jnp.asarray, g),
-        lambda *_: jax.devices()[0] and NamedSharding(jax.make_mesh((1,), ("one",),
-            devices=jax.devices()[:1]), P()),
+        lambda *_: one,
     )  # fmt: skip
     for name, sharding in (("rows", rows), ("replicated", replicated)):
         params = placed(PARAMS, sharding)
@@ -85,6 +85,18 @@ def layouts(mesh):
             step_, params, kernel.init(params), lambda g, s=sharding: placed(g, s),
             lambda *_, s=sharding: s,
         )  # fmt: skip
+    # the standard update with the kernel in it (fused=True), then apply_updates
+    in_update = sgdx.sgd(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3, fused=True)
+
+    def update_then_apply(p, g, s):
+        updates, s = in_update.update(g, s, p)
+        return sgdx.apply_updates(p, updates), s
+
+    params = placed(PARAMS, rows)
+    out["rows_update"] = report(
+        jax.jit(update_then_apply, donate_argnums=(0, 2)), params, in_update.init(params),
+        lambda g: placed(g, rows), lambda *_: rows,
+    )  # fmt: skip
     if mesh.axis_types[0] == jax.sharding.AxisType.Auto:  # Explicit: a sharding type error
         # params sharded by rows, gradients replicated (as a replicated loss gives them)
         params = placed(PARAMS, rows)
