@@ -48,8 +48,13 @@ SCRIPT = textwrap.dedent(
     updates, _ = opt.update(grads, opt.init(params), params)
     reference = sgdx.apply_updates(params, updates)
     print("equal", bool(np.allclose(fused["w"], reference["w"], rtol=1e-6, atol=0)))
-    jaxpr = jax.make_jaxpr(lambda *a: sgdx.step(opt, *a))(params, grads, opt.init(params))
-    print("kernel", "sgdx_sgd_step" in str(jaxpr))
+    compiled = jax.jit(lambda *a: sgdx.step(opt, *a)).lower(params, grads, opt.init(params))
+    print("kernel", "sgdx_sgd_step_f32" in compiled.as_text())
+    try:  # fused=True: the kernel, or an error that gives the reason
+        sgdx.sgd(0.1, momentum=0.9, fused=True)
+        print("fused_true", "ok")
+    except RuntimeError as error:
+        print("fused_true", "raises" if status.reason in str(error) else repr(error))
     """
 )
 # what a package needs to build: the rest of the tree (tests, docs) is not part of it
@@ -125,6 +130,7 @@ def assert_reference_numbers(out, available):
     assert out["available"] == str(available), out
     assert out["equal"] == "True"
     assert out["kernel"] == str(available)
+    assert out["fused_true"] == ("ok" if available else "raises"), out
     assert out["warnings"] == ("0" if available else "1"), out
 
 
