@@ -62,11 +62,13 @@ def _warn_fallback(reason: str) -> None:
 
 
 def _call(
-    hyper: jax.Array, flags: jax.Array, *leaves: jax.Array, apply: bool, **attrs: bool
+    hyper: jax.Array, flags: jax.Array, *leaves: jax.Array, apply: bool, **attrs: Any
 ) -> tuple[jax.Array, ...]:
-    """One kernel call over ``n`` leaves: ``leaves`` is n params, n grads, n buffers; the
-    results are n params written over the params (``apply``) or n updates written over the
-    gradients, which they replace (no new arrays), and n buffers written over the buffers."""
+    """One kernel call over ``n`` leaves, whose flags are ``flags[offset:offset + n]``
+    (``attrs``: ``offset``, ``nesterov``, ``maximize``). ``leaves`` is n params, n grads, n
+    buffers; the results are n params written over the params (``apply``) or n updates
+    written over the gradients, which they replace (no new arrays), and n buffers written
+    over the buffers."""
     n = len(leaves) // 3
     aliases = {2 + 2 * n + i: n + i for i in range(n)}
     aliases.update({(2 if apply else 2 + n) + i: i for i in range(n)})
@@ -81,7 +83,7 @@ def _call(
 
 
 def _per_shard(
-    hyper: jax.Array, flags: jax.Array, *leaves: jax.Array, **attrs: bool
+    hyper: jax.Array, flags: jax.Array, *leaves: jax.Array, **attrs: Any
 ) -> tuple[jax.Array, ...]:
     """:func:`_call` on each device's shards. The update is elementwise, so each leaf is
     computed in its buffer's sharding (parameters and gradients are resharded to it where
@@ -90,7 +92,7 @@ def _per_shard(
     n = len(leaves) // 3
 
     def call(*operands: jax.Array) -> tuple[jax.Array, ...]:  # positional only, as it must
-        return _call(*operands, **attrs)  # type: ignore[arg-type]
+        return _call(*operands, **attrs)
 
     def shardings(mesh: Any, arg_shapes: Any) -> tuple[Any, ...]:
         return tuple(arg_shapes[2 + 2 * n + i].sharding for i in range(n)) * 2
@@ -125,14 +127,16 @@ def _native(
     """The kernel over ``n`` leaves (n params, n grads, n buffers), in ``call``s (:func:`_call`
     or :func:`_per_shard`) of at most ``_LEAVES_PER_CALL`` leaves: the new parameters
     (``apply``, written over them) or the updates, then the new buffers (written over
-    them). ``flags`` (bool, one per leaf) tells which buffers have started."""
+    them). ``flags`` (bool, one per leaf) tells which buffers have started; every call
+    takes the whole array and its offset in it (a slice per call cost XLA 0.6 s to compile
+    on 2000 leaves)."""
     n = len(leaves) // 3
     outs: list[jax.Array] = []
     new_buffers: list[jax.Array] = []
     for start in range(0, n, _LEAVES_PER_CALL):
         stop = min(start + _LEAVES_PER_CALL, n)
         part = [leaves[k * n + i] for k in range(3) for i in range(start, stop)]
-        out = call(hyper, flags[start:stop], *part, **attrs)
+        out = call(hyper, flags, *part, offset=np.int64(start), **attrs)
         outs += out[: stop - start]
         new_buffers += out[stop - start :]
     return [*outs, *new_buffers]
@@ -306,9 +310,12 @@ def with_kernel(
         dtype = dtypes.pop()
         hyper = jnp.stack([jnp.asarray(v, dtype) for v in (lr, momentum, dampening, weight_decay)])
         at = np.array([flag_at[i] for i in live])
+        flags = trace.initialized
+        if not np.array_equal(at, np.arange(len(flags))):
+            flags = flags[at]  # the flags of the leaves with a gradient
         results = kernels[apply](
             hyper,
-            trace.initialized[at],
+            flags,
             *(leaves[i] for leaves in (p_leaves, g_leaves, b_leaves) for i in live),
         )
         outs, new_b = results[: len(live)], results[len(live) :]

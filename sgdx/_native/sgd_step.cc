@@ -6,8 +6,9 @@
 //   b = initialized ? momentum * b + (1 - dampening) * g : g   (momentum != 0)
 //   g = nesterov ? g + momentum * b : b                        (momentum != 0)
 //   p = p + (-lr) * g
-// Inputs: hyper = [lr, momentum, dampening, weight_decay] (leaf dtype), flags (bool[n]: has
-// leaf i's buffer started), then n params, n grads, n buffers. Outputs: with apply, n params
+// Inputs: hyper = [lr, momentum, dampening, weight_decay] (leaf dtype), flags (bool: has a
+// leaf's buffer started; leaf i's is flags[offset + i], so that every call of a tree takes the
+// same array and XLA slices nothing), then n params, n grads, n buffers. Outputs: with apply, n params
 // and n buffers (aliased to the inputs: the step in place); without, n updates (-lr * d, for
 // apply_updates) and n buffers (aliased). Every leaf is an operand of its own, so that XLA emits no
 // code around the call. The tree is cut into parts by element count, which XLA's intra-op threads
@@ -124,16 +125,17 @@ struct Pass {
 
 template <ffi::DataType dtype>
 ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi::PRED> flags,
-                ffi::RemainingArgs args, ffi::RemainingRets rets, bool apply, bool nesterov,
-                bool maximize) {
+                ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t offset, bool apply,
+                bool nesterov, bool maximize) {
   using T = ffi::NativeType<dtype>;
   const int64_t n = static_cast<int64_t>(args.size()) / 3;
   if (static_cast<int64_t>(args.size()) != 3 * n || static_cast<int64_t>(rets.size()) != 2 * n ||
-      static_cast<int64_t>(flags.element_count()) != n) {
-    return ffi::Error::InvalidArgument("sgdx_sgd_step: expected n flags, params, grads, buffers");
+      offset < 0 || offset + n > static_cast<int64_t>(flags.element_count())) {
+    return ffi::Error::InvalidArgument(
+        "sgdx_sgd_step: expected flags for leaves offset..offset+n, then n params, grads, buffers");
   }
   const T* h = hyper.typed_data();
-  const bool* initialized = flags.typed_data();
+  const bool* initialized = flags.typed_data() + offset;
   auto pass = std::make_shared<Pass<T>>();
   pass->lr = h[0], pass->momentum = h[1], pass->keep = T(1) - h[2], pass->wd = h[3];
   pass->apply = apply, pass->nesterov = nesterov, pass->maximize = maximize;
@@ -181,6 +183,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi:
                                     .Arg<ffi::Buffer<ffi::PRED>>()            \
                                     .RemainingArgs()                          \
                                     .RemainingRets()                          \
+                                    .Attr<int64_t>("offset")                  \
                                     .Attr<bool>("apply")                      \
                                     .Attr<bool>("nesterov")                   \
                                     .Attr<bool>("maximize"));
