@@ -215,7 +215,7 @@ def _batch(operands: Any, dims: Any, **params: Any) -> tuple[list[jax.Array], li
     def one(xs: list[jax.Array]) -> list[jax.Array]:
         it = iter(xs)
         return _sgd_step_p.bind(  # type: ignore[no-any-return]
-            *(next(it) if m else x for x, m in zip(operands, mapped, strict=False)), **params
+            *(next(it) if m else x for x, m in zip(operands, mapped, strict=True)), **params
         )
 
     outs = jax.lax.map(one, batched)
