@@ -1,7 +1,7 @@
 """sgdx's build: the package and its native CPU kernel, ``sgdx/_native/sgd_step.cc``.
 
 The kernel is a plain shared library (an XLA FFI target, no Python module) that
-``sgdx._build`` loads with ctypes. It is compiled for baseline x86-64, its loops cloned for
+``sgdx._kernel`` loads with ctypes. It is compiled for baseline x86-64, its loops cloned for
 AVX2 and AVX-512 and chosen on the running CPU, so one binary runs on any x86-64. It is
 optional: without a working C++ compiler sgdx installs without it and runs the pure-JAX
 path. The library records its source's digest and the version of jax whose headers it was

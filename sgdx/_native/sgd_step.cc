@@ -8,11 +8,11 @@
 //   p = p + (-lr) * g
 // Inputs: hyper = [lr, momentum, dampening, weight_decay] (leaf dtype), flags (bool: has a
 // leaf's buffer started; leaf i's is flags[offset + i], so that every call of a tree takes the
-// same array and XLA slices nothing), then n params, n grads, n buffers. Outputs: with apply, n params
-// and n buffers (aliased to the inputs: the step in place); without, n updates (-lr * d, for
-// apply_updates) and n buffers (aliased). Every leaf is an operand of its own, so that XLA emits no
-// code around the call. The tree is cut into parts by element count, which XLA's intra-op threads
-// and the calling thread share (no thread is started per call).
+// same array and XLA slices nothing), then n params, n grads, n buffers. Outputs: with apply,
+// n params and n buffers (aliased to the inputs: the step in place); without, n updates
+// (-lr * d, for apply_updates) and n buffers (aliased). Every leaf is an operand of its own, so
+// that XLA emits no code around the call. The tree is cut into parts by element count, which
+// XLA's intra-op threads and the calling thread share (no thread is started per call).
 //
 // Built by the package's build (setup.py) for baseline x86-64: the loop is cloned for AVX2 and
 // AVX-512, and the loader picks the clone for the running CPU, so one binary runs on any x86-64.
@@ -50,8 +50,8 @@ struct Leaf {
 // update that apply_updates adds).
 template <typename T, bool kApply, bool kMaximize, bool kDecay, bool kMomentum, bool kNesterov,
           bool kStarted>
-SGDX_CLONES void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep,
-                 T wd) {
+SGDX_CLONES void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum,
+                             T keep, T wd) {
   const T* p = leaf.p;
   T* out = leaf.out;
   const T* __restrict g = leaf.g;
@@ -157,8 +157,10 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi:
     // The outputs alias the inputs when the caller donates them; copy when it does not.
     if (apply && out != p) std::copy_n(p, size, out);
     if (apply) p = out;
-    if (b != b_in->untyped_data()) std::copy_n(reinterpret_cast<const T*>(b_in->untyped_data()), size, b);
-    pass->leaves.push_back({p, out, reinterpret_cast<const T*>(g_in->untyped_data()), b, size, initialized[i]});
+    const T* b_old = reinterpret_cast<const T*>(b_in->untyped_data());
+    if (b != b_old) std::copy_n(b_old, size, b);
+    const T* g = reinterpret_cast<const T*>(g_in->untyped_data());
+    pass->leaves.push_back({p, out, g, b, size, initialized[i]});
     pass->total += size;
   }
 
