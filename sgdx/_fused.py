@@ -273,7 +273,7 @@ def with_kernel(
             or [type(s) for s in state] != kinds()
         ):
             return None
-        trace_at = [type(s) for s in state].index(TraceState)
+        trace_at = kinds().index(TraceState)
         trace, scale = state[trace_at], state[-1]
         # None is a leaf in every tree, so that the leaves line up: a None gradient (a frozen
         # parameter, or a non-array leaf as Equinox passes them) leaves its parameter, buffer
