@@ -110,20 +110,30 @@ def installed(wheel, tmp_path) -> Path:
     return install(wheel, tmp_path / "site")
 
 
-def run(site: Path | None, env_changes=None, python=sys.executable, timeout=300):
-    """SCRIPT in a fresh process, with ``site`` first on its path, and no compiler on PATH."""
+def environment(site: Path | None, env_changes=None, python=sys.executable) -> dict:
+    """This environment with ``site`` first on the path and no compiler on PATH."""
     env = {**os.environ, "PATH": str(Path(python).parent), "CXX": NO_COMPILER}
     env.update({"PYTHONPATH": str(site)} if site else {})
-    env = {k: v for k, v in {**env, **(env_changes or {})}.items() if v is not None}
-    result = subprocess.run(
-        [python, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=timeout,
-        cwd=Path(python).parent,  # not this tree, whose sgdx would come first
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    return {k: v for k, v in {**env, **(env_changes or {})}.items() if v is not None}
+
+
+def report(returncode: int, stdout: str, stderr: str, site: Path | None) -> dict:
+    """SCRIPT's lines, from a process that must have succeeded with ``site``'s sgdx."""
+    assert returncode == 0, stderr[-3000:]
+    out = dict(line.split(" ", 1) for line in stdout.splitlines())
     if site:
         assert out["file"].startswith(str(site)), out
     return out
+
+
+def run(site: Path | None, env_changes=None, python=sys.executable, timeout=300):
+    """SCRIPT in a fresh process, in :func:`environment`."""
+    result = subprocess.run(
+        [python, "-c", SCRIPT], capture_output=True, text=True, timeout=timeout,
+        env=environment(site, env_changes, python),
+        cwd=Path(python).parent,  # not this tree, whose sgdx would come first
+    )  # fmt: skip
+    return report(result.returncode, result.stdout, result.stderr, site)
 
 
 def assert_reference_numbers(out, available):
@@ -208,7 +218,7 @@ def test_stale_build_is_not_loaded(installed):
 
 
 def test_four_processes_at_once(installed):
-    env = {**os.environ, "PYTHONPATH": str(installed), "HOME": "/proc/sgdx-read-only-home"}
+    env = environment(installed, {"HOME": "/proc/sgdx-read-only-home"})
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", SCRIPT],
@@ -222,8 +232,7 @@ def test_four_processes_at_once(installed):
     ]
     for process in processes:
         stdout, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stderr[-3000:]
-        assert_reference_numbers(dict(line.split(" ", 1) for line in stdout.splitlines()), True)
+        assert_reference_numbers(report(process.returncode, stdout, stderr, installed), True)
 
 
 @pytest.mark.parametrize(("value", "available"), [("1", False), ("0", True), ("", True)])

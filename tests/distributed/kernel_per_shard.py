@@ -68,21 +68,19 @@ def placed(tree, sharding):
 
 def layouts(mesh):
     rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-    step = jax.jit(sgdx.step, static_argnums=0, donate_argnums=(1, 3))
-    step_ = lambda p, g, s: step(kernel, p, g, s)  # noqa: E731
-    step_.lower = lambda p, g, s: step.lower(kernel, p, g, s)  # type: ignore[attr-defined]
+    step = jax.jit(lambda p, g, s: sgdx.step(kernel, p, g, s), donate_argnums=(0, 2))
     out = {}
 
     params = jax.tree.map(jnp.asarray, PARAMS)  # uncommitted, on the default device
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     out["one_device"] = report(
-        step_, params, kernel.init(params), lambda g: jax.tree.map(jnp.asarray, g),
+        step, params, kernel.init(params), lambda g: jax.tree.map(jnp.asarray, g),
         lambda *_: one,
     )  # fmt: skip
     for name, sharding in (("rows", rows), ("replicated", replicated)):
         params = placed(PARAMS, sharding)
         out[name] = report(
-            step_, params, kernel.init(params), lambda g, s=sharding: placed(g, s),
+            step, params, kernel.init(params), lambda g, s=sharding: placed(g, s),
             lambda *_, s=sharding: s,
         )  # fmt: skip
     # the standard update with the kernel in it (fused=True), then apply_updates
@@ -101,19 +99,17 @@ def layouts(mesh):
         # params sharded by rows, gradients replicated (as a replicated loss gives them)
         params = placed(PARAMS, rows)
         out["rows_replicated_grads"] = report(
-            step_, params, kernel.init(params), lambda g: placed(g, replicated), lambda *_: rows
+            step, params, kernel.init(params), lambda g: placed(g, replicated), lambda *_: rows
         )
     # ZeRO-1: params and gradients replicated, buffers split across the devices
     params = placed(PARAMS, replicated)
     state_sharding = sgdx.sharding.zero1_state_sharding(jax.eval_shape(kernel.init, params), mesh)
     zero1 = jax.jit(
-        sgdx.step, static_argnums=0, donate_argnums=(1, 3),
+        lambda p, g, s: sgdx.step(kernel, p, g, s), donate_argnums=(0, 2),
         out_shardings=(replicated, state_sharding),
     )  # fmt: skip
-    zero1_ = lambda p, g, s: zero1(kernel, p, g, s)  # noqa: E731
-    zero1_.lower = lambda p, g, s: zero1.lower(kernel, p, g, s)  # type: ignore[attr-defined]
     out["zero1"] = report(
-        zero1_, params, jax.jit(kernel.init, out_shardings=state_sharding)(params),
+        zero1, params, jax.jit(kernel.init, out_shardings=state_sharding)(params),
         lambda g: placed(g, replicated),
         lambda kind, _: replicated if kind == "params" else rows,
     )  # fmt: skip
