@@ -169,6 +169,20 @@ _sgd_step_p = jax.extend.core.Primitive("sgdx_sgd_step")
 _sgd_step_p.multiple_results = True
 
 
+@functools.partial(jax.jit, static_argnames=("apply", "nesterov", "maximize", "build"))
+def _eager(
+    *operands: jax.Array, apply: bool, nesterov: bool, maximize: bool, build: Any
+) -> list[jax.Array]:
+    """The update called outside ``jax.jit`` (``sgdx.step`` as torch's ``optimizer.step()``):
+    compiled once per configuration, as JAX's own primitives are."""
+    return _sgd_step_p.bind(  # type: ignore[no-any-return]
+        *operands, apply=apply, nesterov=nesterov, maximize=maximize, build=build
+    )
+
+
+_sgd_step_p.def_impl(_eager)
+
+
 @_sgd_step_p.def_abstract_eval
 def _abstract_eval(hyper: Any, flags: Any, *leaves: Any, apply: bool, **_: Any) -> list[Any]:
     n = len(leaves) // 3  # typed as what they overwrite: the params or the grads, the buffers

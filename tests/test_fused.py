@@ -88,6 +88,37 @@ def test_where_the_kernel_runs():
                 disabled_checks=[export.DisabledSafetyCheck.custom_call("sgdx_sgd_step_f32")],
             )(params, grads, state)
             assert ("sgdx_sgd_step_f32" in exported.mlir_module()) == kernel, (fused, platform)
+            if platform == "cpu":  # the exported step runs where sgdx is imported
+                jitted = jax.jit(lambda *a, opt=opt: sgdx.step(opt, *a))(params, grads, state)
+                chex.assert_trees_all_equal(exported.call(params, grads, state), jitted)
+
+
+def test_step_outside_jit_is_the_jitted_step():
+    """``sgdx.step`` called eagerly, as torch's ``optimizer.step()`` is: the kernel, compiled
+    once, with the jitted step's numbers, its inputs left as they were (nothing donated)."""
+    opt = sgdx.sgd(0.1, momentum=0.9, nesterov=True, weight_decay=0.1)
+    params = {"w": jnp.linspace(-1.0, 1.0, 7, dtype=jnp.float32), "b": jnp.ones(2, jnp.float32)}
+    grads = jax.tree.map(jnp.cos, params)
+    state = opt.init(params)
+    before = jax.tree.map(np.asarray, (params, state))
+    jitted = jax.jit(lambda *a: sgdx.step(opt, *a))(params, grads, state)
+    chex.assert_trees_all_equal(sgdx.step(opt, params, grads, state), jitted)
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    if not hasattr(jax.monitoring, "unregister_event_duration_listener"):
+        pytest.skip("this jax cannot unregister a monitoring listener")
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        again = sgdx.step(opt, params, grads, state)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []  # the second call reuses what the first compiled
+    chex.assert_trees_all_equal(again, jitted)
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, (params, state)), before)
 
 
 def test_fused_true_where_the_kernel_cannot_run():
