@@ -25,6 +25,11 @@ from sgdx._kernel import NativeStatus, native_status
 from sgdx._layout import momentum_buffers
 from sgdx._momentum import SutskeverTraceState, TraceState, sutskever_trace, trace
 from sgdx._plateau import ReduceLROnPlateau, ReduceLROnPlateauState, reduce_lr_on_plateau
+from sgdx._rounding import (
+    StochasticRoundingState,
+    round_stochastically,
+    stochastic_rounding,
+)
 from sgdx._transforms import (
     ScaleByLearningRateState,
     add_decayed_weights,
@@ -47,6 +52,7 @@ __all__ = [
     "ScaleByLearningRateState",
     "Schedule",
     "SkipNonFiniteState",
+    "StochasticRoundingState",
     "SutskeverTraceState",
     "TraceState",
     "add_decayed_weights",
@@ -63,6 +69,7 @@ __all__ = [
     "native_status",
     "param_groups",
     "reduce_lr_on_plateau",
+    "round_stochastically",
     "scale_by_learning_rate",
     "schedules",
     "set_hyperparams",
@@ -70,6 +77,7 @@ __all__ = [
     "sharding",
     "skip_nonfinite",
     "step",
+    "stochastic_rounding",
     "sutskever_trace",
     "trace",
 ]

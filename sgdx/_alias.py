@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 from jax.typing import ArrayLike, DTypeLike
 
-from sgdx import _fused, _hyperparams, _transforms, _tree
-from sgdx._base import GradientTransformation, ScalarOrSchedule, chain
+from sgdx import _fused, _hyperparams, _rounding, _transforms, _tree
+from sgdx._base import (
+    GradientTransformation,
+    OptState,
+    Params,
+    ScalarOrSchedule,
+    Updates,
+    chain,
+)
 from sgdx._kernel import native_status
 from sgdx._momentum import sutskever_trace, trace
 
 Convention = Literal["pytorch", "sutskever"]
 _CONVENTIONS = ("pytorch", "sutskever")
+
+
+def _checked(tx: GradientTransformation) -> GradientTransformation:
+    """``tx`` whose ``update``, given the parameters, first checks that each gradient has its
+    parameter's dtype."""
+
+    def update_fn(
+        updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, OptState]:
+        if params is not None:
+            _tree.check_gradient_dtypes(updates, params, "sgd")
+        return tx.update(updates, state, params, **extra_args)
+
+    return GradientTransformation(tx.init, update_fn)
 
 
 def sgd(
@@ -28,6 +49,8 @@ def sgd(
     decoupled_weight_decay: bool = False,
     momentum_correction: bool = False,
     accumulator_dtype: DTypeLike | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
     fused: bool | None = None,
 ) -> GradientTransformation:
     r"""Stochastic gradient descent exactly as ``torch.optim.SGD`` computes it.
@@ -65,8 +88,9 @@ def sgd(
     not depend on how the decay was spelled), the momentum state (:class:`~sgdx.TraceState`,
     or :class:`~sgdx.SutskeverTraceState` for ``convention="sutskever"``; only when momentum
     is on), a :class:`~sgdx.ScaleByLearningRateState` (PyTorch convention, or no
-    momentum), and with ``decoupled_weight_decay`` the decay's
-    :class:`~sgdx.ScaleByLearningRateState` last.
+    momentum), with ``decoupled_weight_decay`` the decay's
+    :class:`~sgdx.ScaleByLearningRateState`, and with ``stochastic_rounding`` a
+    :class:`~sgdx.StochasticRoundingState` last.
 
     Args:
       learning_rate: :math:`\eta \ge 0`: a float, a scalar array, or a schedule
@@ -86,6 +110,14 @@ def sgd(
         PyTorch's trajectory under any schedule.
       accumulator_dtype: dtype of the momentum buffers (e.g. ``jnp.float32`` for
         bfloat16 parameters); ``None`` keeps each parameter's dtype.
+      stochastic_rounding: round each bfloat16 / float16 parameter's new value
+        :math:`p - \eta_t g`, computed in float32, up or down at random so that it is
+        right on average, instead of to nearest (see :func:`sgdx.stochastic_rounding`):
+        low-precision training without float32 master weights, where round to nearest
+        would drop every step below half a unit in the last place. With float32 master
+        weights (float32 parameters cast down for the forward pass) it is not needed.
+        Float32 and wider parameters are unaffected.
+      seed: the seed of the rounding noise (``stochastic_rounding`` only).
       fused: torch's ``fused``. ``None`` (the default): where the native CPU kernel can
         run (PyTorch convention, momentum on, float32 or float64 leaves of one dtype, on
         CPU devices: on each device's shards), :func:`sgdx.step` takes one in-place pass of
@@ -138,6 +170,7 @@ def sgd(
         (maximize, "maximize"),
         (decoupled_weight_decay, "decoupled_weight_decay"),
         (momentum_correction, "momentum_correction"),
+        (stochastic_rounding, "stochastic_rounding"),
     ):
         _hyperparams.check_flag(flag, name)
     if fused is not None:
@@ -188,18 +221,23 @@ def sgd(
         transforms.append(_transforms.scale_by_learning_rate(learning_rate))
     if decoupled_weight_decay:
         transforms.append(_transforms.add_decoupled_weight_decay(decay, learning_rate))
-    reference = chain(*transforms)
+    rounding = _rounding.stochastic_rounding(seed)  # validates the seed either way
+    if stochastic_rounding:
+        transforms.append(rounding)
+    reference = _checked(chain(*transforms))
     kernel_fits = (
         convention == "pytorch"
         and momentum_on
         and not decoupled_weight_decay
         and accumulator_dtype is None
+        and not stochastic_rounding
     )
     if fused is True:
         if not kernel_fits:
             raise ValueError(
                 "fused=True needs what the native kernel computes: convention='pytorch', "
-                "momentum on, no decoupled_weight_decay and no accumulator_dtype; use "
+                "momentum on, no decoupled_weight_decay, accumulator_dtype or "
+                "stochastic_rounding; use "
                 "fused=None (the default) to take it where it fits."
             )
         status = native_status()

@@ -148,8 +148,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
             raise ValueError(
                 f"chain: expected a state tuple of {len(transforms)} entries (one per "
-                f"transform), got {got}. Was this state made by a different optimizer "
-                "configuration? Build it with the same transform's init."
+                f"transform), got {got}. {_tree.made_by(state)}Build it with the same "
+                "transform's init."
             )
         new_states = []
         for transform, inner in zip(transforms, state, strict=True):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -165,6 +165,12 @@ def param_groups(
     def check_labels(params: Params) -> list[str]:
         leaves = _labels(labels, params)
         for (path, _), label in zip(tree_flatten_with_path(params)[0], leaves, strict=True):
+            if not isinstance(label, Hashable):
+                raise TypeError(
+                    f"param_groups: the parameter at {keystr(path)} has label {label!r} "
+                    f"({type(label).__name__}), which cannot name a group; a label is a "
+                    f"group's key, such as a string: one of {sorted(groups)}."
+                )
             if label not in groups:
                 raise ValueError(
                     f"param_groups: the parameter at {keystr(path)} has label {label!r}, which "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -47,6 +48,21 @@ def is_off(value: Any) -> bool:
     )
 
 
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a Python number, a numpy scalar or an array (of any dtype:
+    :func:`is_real_dtype` tells which hold real numbers)."""
+    return isinstance(value, int | float | np.generic | np.ndarray | jax.Array)
+
+
+def is_real_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` holds real numbers: any integer or real floating dtype, bfloat16,
+    float16 and float8 included (``np.number`` leaves out JAX's extra floating types)."""
+    return (
+        bool(jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
+        and np.dtype(dtype) != np.bool_
+    )
+
+
 def _describe(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
@@ -77,9 +93,9 @@ def check_hyperparameter(value: Any, name: str) -> None:
             f"{name} must be {expected}, got a function. Here only learning_rate takes a "
             f"schedule; sgdx.inject_hyperparams(sgdx.sgd) takes a schedule for {name} too."
         )
-    if not isinstance(value, int | float | np.number | np.ndarray | jax.Array):
+    if not is_number(value):
         raise TypeError(f"{name} must be {expected}, got {_describe(value)}.")
-    if not np.issubdtype(jnp.result_type(value), np.number) or jnp.iscomplexobj(value):
+    if not is_real_dtype(jnp.result_type(value)):
         raise TypeError(
             f"{name} must be {expected}, got {_describe(value)} of dtype {jnp.result_type(value)}."
         )
@@ -101,9 +117,9 @@ def check_learning_rate(learning_rate: ScalarOrSchedule) -> ArrayLike | None:
     shape = getattr(learning_rate, "shape", ())
     if isinstance(learning_rate, np.ndarray | jax.Array) and math.prod(shape) != 1:
         raise ValueError(
-            f"learning_rate must be a scalar (a float, a one-element array or a schedule "
-            f"count -> lr), got an array of shape {shape}. For different learning rates on "
-            "different parameters use param groups (sgdx.param_groups)."
+            f"Tensor lr must be 1-element: learning_rate is an array of shape {shape}; pass a "
+            "float, a one-element array or a schedule count -> lr. For different learning "
+            "rates on different parameters use param groups (sgdx.param_groups)."
         )
     if isinstance(learning_rate, np.ndarray | jax.Array) and learning_rate.ndim:
         learning_rate = jnp.reshape(learning_rate, ())
@@ -134,28 +150,28 @@ def learning_rate_at(
     if scalar is not None:
         return jnp.asarray(scalar)
     assert callable(learning_rate)
-    value = learning_rate(count)
-    if isinstance(value, bool) or not isinstance(
-        value, int | float | np.number | np.ndarray | jax.Array
-    ):
+    return scheduled(learning_rate, count, "learning_rate")
+
+
+def scheduled(schedule: Callable[[jax.Array], Any], count: jax.Array, name: str) -> jax.Array:
+    """``schedule(count)``, the value of hyperparameter ``name``, checked to be a real
+    scalar, as a 0-d array."""
+    value = schedule(count)
+    if isinstance(value, bool) or not is_number(value):
         raise TypeError(
-            f"The learning-rate schedule returned {_describe(value)} for count {count}; a "
+            f"The {name} schedule returned {_describe(value)} for count {count}; a "
             "schedule must return a real scalar (a float or a 0-d array)."
         )
     value = jnp.asarray(value)
-    if (
-        not np.issubdtype(value.dtype, np.number)
-        or jnp.iscomplexobj(value)
-        or value.dtype == np.bool_
-    ):
+    if not is_real_dtype(value.dtype):
         raise TypeError(
-            f"The learning-rate schedule returned an array of dtype {value.dtype}; a schedule "
+            f"The {name} schedule returned an array of dtype {value.dtype}; a schedule "
             "must return a real scalar."
         )
     if value.shape != ():
         raise ValueError(
-            f"The learning-rate schedule returned an array of shape {value.shape} for count "
-            f"{count}; a schedule must return a scalar learning rate."
+            f"The {name} schedule returned an array of shape {value.shape} for count "
+            f"{count}; a schedule must return a scalar {name}."
         )
     return value
 

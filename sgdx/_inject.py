@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from sgdx import _hyperparams, _tree
 from sgdx._base import GradientTransformation, OptState, Params, Updates
@@ -28,10 +29,24 @@ class InjectHyperparamsState(NamedTuple):
 def _is_numeric(name: str, value: Any) -> bool:
     if isinstance(value, bool | str | np.dtype | type) or value is None:
         return False
+    if name in _STRUCTURAL:
+        return False
     if name in _SWITCHES and _hyperparams.is_off(value):
         return False  # momentum or weight decay off by construction: no buffer, no params
-    return isinstance(value, int | float | np.number | np.ndarray | jax.Array)
+    return _hyperparams.is_number(value)
 
+
+def _is_floating_dtype(dtype: Any) -> bool:
+    try:
+        return not isinstance(dtype, np.ndarray | jax.Array) and bool(
+            jnp.issubdtype(np.dtype(dtype), jnp.floating)
+        )
+    except TypeError:
+        return False
+
+
+# Numbers that shape the computation rather than scale it: never held as floats.
+_STRUCTURAL = ("seed",)
 
 # Arguments that switch a part of sgd off when given as None or a Python 0.
 _SWITCHES = ("momentum", "weight_decay")
@@ -39,6 +54,8 @@ _SWITCHES = ("momentum", "weight_decay")
 
 def inject_hyperparams(
     factory: Callable[..., GradientTransformation],
+    static_args: str | Iterable[str] = (),
+    hyperparam_dtype: DTypeLike | None = None,
 ) -> Callable[..., GradientTransformation]:
     """Wraps a transform factory so that its numeric hyperparameters live in the state.
 
@@ -55,7 +72,7 @@ def inject_hyperparams(
     replaced by the schedule's next value (torch's chainable schedulers, such as
     ``StepLR``, would instead go on from the value set). ``optax.inject_hyperparams``
     stores the value of the update just taken instead. Boolean and string arguments (``nesterov``,
-    ``maximize``, ``convention``) stay fixed at construction.
+    ``maximize``, ``convention``) and ``seed`` stay fixed at construction.
 
     Every numeric hyperparameter may be a schedule (``momentum=sgdx.schedules.
     one_cycle_momentum(...)``). ``momentum`` and ``weight_decay`` given as ``None`` or a
@@ -63,16 +80,29 @@ def inject_hyperparams(
     needed, not in ``hyperparams``. Given any other value they are injected, always in the
     computation (the value may become non-zero later), so the buffer exists and ``update``
     needs ``params``.
-    Hyperparameters are stored in JAX's default float dtype (float64 when x64 is on) and cast
-    to each parameter's dtype when used, as torch casts its Python floats.
+    Hyperparameters are stored in ``hyperparam_dtype``, by default JAX's default float dtype
+    (float64 when x64 is on), and cast to each parameter's dtype when used, as torch casts
+    its Python floats.
 
     Args:
       factory: a function returning a :class:`~sgdx.GradientTransformation`, such as
         :func:`sgdx.sgd`.
+      static_args: names of ``factory``'s arguments that stay fixed at construction, as in
+        ``optax.inject_hyperparams``: a number among them is not held in the state, and a
+        callable among them is passed to ``factory`` as it is instead of being evaluated as a
+        schedule.
+      hyperparam_dtype: the floating dtype of the held hyperparameters (e.g. ``jnp.float32``
+        to keep them float32 with x64 on); ``None``: JAX's default float dtype.
 
     Returns:
       A factory with the same arguments, whose transform has an
       :class:`InjectHyperparamsState`.
+
+    Raises:
+      ValueError: ``static_args`` naming an argument ``factory`` does not have.
+      TypeError: a ``hyperparam_dtype`` that is not a floating dtype; arguments that do not
+        fit ``factory``'s signature (said with ``factory``'s name, and for torch's ``lr``,
+        that sgdx calls it ``learning_rate``).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -85,22 +115,45 @@ def inject_hyperparams(
       [-0.25] 0.25
     """
     signature = inspect.signature(factory)
+    factory_name = getattr(factory, "__name__", repr(factory))
+    static_names = {static_args} if isinstance(static_args, str) else set(static_args)
+    if not static_names <= set(signature.parameters):
+        raise ValueError(
+            f"inject_hyperparams: static_args {sorted(static_names)} must name arguments of "
+            f"{factory_name}, which takes {list(signature.parameters)}."
+        )
+    if hyperparam_dtype is not None and not _is_floating_dtype(hyperparam_dtype):
+        raise TypeError(
+            f"inject_hyperparams: hyperparam_dtype must be a real floating dtype (e.g. "
+            f"jnp.float32), got {hyperparam_dtype!r}."
+        )
+
+    def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> inspect.BoundArguments:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as error:
+            hint = ""
+            if "lr" in kwargs and "lr" not in signature.parameters:
+                hint = " torch's lr is called learning_rate here: pass learning_rate=..."
+            raise TypeError(f"inject_hyperparams({factory_name}): {error}.{hint}") from None
+        bound.apply_defaults()
+        return bound
 
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformation:
-        dtype = _hyperparams.default_float()
+        dtype = np.dtype(hyperparam_dtype or _hyperparams.default_float())
 
         def evaluate(count: jax.Array, hyperparams: dict[str, jax.Array]) -> dict[str, jax.Array]:
             values = dict(hyperparams)
             for name, schedule in schedules.items():
-                value = _hyperparams.learning_rate_at(schedule, None, count)
+                value = _hyperparams.scheduled(schedule, count, name)
                 values[name] = value.astype(dtype)
             return values
 
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        schedules = {k: v for k, v in bound.arguments.items() if callable(v)}
-        numeric = {k: v for k, v in bound.arguments.items() if _is_numeric(k, v)}
-        static = {k: v for k, v in bound.arguments.items() if k not in schedules | numeric}
+        arguments = bind(args, kwargs).arguments
+        dynamic = {k: v for k, v in arguments.items() if k not in static_names}
+        schedules = {k: v for k, v in dynamic.items() if callable(v)}
+        numeric = {k: v for k, v in dynamic.items() if _is_numeric(k, v)}
+        static = {k: v for k, v in arguments.items() if k not in schedules | numeric}
         first = evaluate(jnp.zeros((), jnp.int32), {}) if schedules else {}
         factory(**static, **numeric, **first)  # construction-time validation, torch's messages
 

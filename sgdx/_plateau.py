@@ -40,6 +40,36 @@ class ReduceLROnPlateau(NamedTuple):
     ]
 
 
+def _metric(metric: Any) -> ArrayLike:
+    """The metric as torch's ``float(metrics)`` reads it: a string is parsed, a number or
+    0-d real array (traced or not) is taken as it is."""
+    if isinstance(metric, str):
+        try:
+            return float(metric)
+        except ValueError:
+            raise ValueError(
+                f"reduce_lr_on_plateau.step: the metric {metric!r} is not a number; pass the "
+                "monitored value (e.g. the validation loss) as a float or a 0-d array."
+            ) from None
+    if isinstance(metric, complex) or not _hyperparams.is_number(metric):
+        raise TypeError(
+            f"reduce_lr_on_plateau.step: the metric must be a real number (the monitored "
+            f"value, e.g. the validation loss) as a float or a 0-d array, got "
+            f"{type(metric).__name__} {metric!r:.60}."
+        )
+    if not _hyperparams.is_real_dtype(jnp.result_type(metric)) and not isinstance(metric, bool):
+        raise TypeError(
+            f"reduce_lr_on_plateau.step: the metric must be real, got dtype "
+            f"{jnp.result_type(metric)}."
+        )
+    if jnp.shape(metric) != ():
+        raise ValueError(
+            f"reduce_lr_on_plateau.step: the metric must be a scalar, got shape "
+            f"{jnp.shape(metric)}; reduce it first (e.g. its mean over the validation set)."
+        )
+    return metric
+
+
 def reduce_lr_on_plateau(
     *,
     mode: Literal["min", "max"] = "min",
@@ -91,7 +121,14 @@ def reduce_lr_on_plateau(
       >>> float(sgdx.get_hyperparams(opt_state)["learning_rate"])
       0.25
     """
-    _hyperparams.check_hyperparameter(factor, "factor")
+    for name, value in (("factor", factor), ("threshold", threshold), ("eps", eps)):
+        _hyperparams.check_hyperparameter(value, name)
+        if _hyperparams.concrete(value) is None:
+            raise TypeError(
+                f"reduce_lr_on_plateau: {name} must be a concrete number (a Python float), got "
+                f"a traced {jnp.result_type(value)} value; the scheduler's constants are "
+                "fixed when it is built: build it outside jax.jit."
+            )
     if factor >= 1.0:
         raise ValueError("Factor should be < 1.0.")
     if mode not in ("min", "max") or threshold_mode not in ("rel", "abs"):
@@ -102,8 +139,6 @@ def reduce_lr_on_plateau(
     for name, count in (("patience", patience), ("cooldown", cooldown)):
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {count!r}.")
-    for name, value in (("threshold", threshold), ("eps", eps)):
-        _hyperparams.check_hyperparameter(value, name)
     for value in min_lr.values() if isinstance(min_lr, Mapping) else (min_lr,):
         _hyperparams.check_hyperparameter(value, "min_lr")
     factor, threshold, eps = float(factor), float(threshold), float(eps)  # Python constants
@@ -129,8 +164,7 @@ def reduce_lr_on_plateau(
     def step_fn(
         state: ReduceLROnPlateauState, opt_state: LearningRateState, metric: ArrayLike
     ) -> tuple[ReduceLROnPlateauState, LearningRateState]:
-        if jnp.shape(metric) != ():
-            raise ValueError(f"metric must be a scalar, got shape {jnp.shape(metric)}.")
+        metric = _metric(metric)
         groups = groups_of(
             opt_state, "reduce_lr_on_plateau changes the learning rate held in the optimizer state"
         )

@@ -157,6 +157,29 @@ def check_inexact(params: PyTree, who: str) -> None:
             )
 
 
+def check_gradient_dtypes(updates: Updates, params: PyTree, who: str) -> None:
+    """Raises a ``TypeError`` naming the first path where a real gradient's dtype is not its
+    parameter's (torch refuses such a gradient). Python scalars, ``None`` gradients and
+    trees of another structure (reported by the transforms) are not checked here."""
+    flat, treedef = tree_flatten_with_path(updates, is_leaf=_is_none)
+    p_leaves, p_def = jax.tree.flatten(params, is_leaf=_is_none)
+    if not same_structure(p_def, treedef):
+        return
+    for (path, g), p in zip(flat, p_leaves, strict=True):
+        g_dtype, p_dtype = getattr(g, "dtype", None), getattr(p, "dtype", None)
+        if g_dtype is None or p_dtype is None or g_dtype == p_dtype:
+            continue
+        if jnp.iscomplexobj(g) and not jnp.iscomplexobj(p):
+            continue  # the transforms say that a complex gradient needs a complex parameter
+        raise TypeError(
+            f"{who}: the gradient at {keystr(path)} has dtype {g_dtype} but its parameter has "
+            f'dtype {p_dtype}; torch refuses it ("assigned grad has data of a different '
+            "type\"), since its update would be computed in the gradient's precision. Cast "
+            "the gradients to the parameters' dtypes: "
+            "jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)."
+        )
+
+
 def check_accumulator_dtype(dtype: Any, who: str) -> None:
     """Raises a ``TypeError`` unless ``dtype`` is ``None`` or a floating or complex dtype."""
     if dtype is None:
@@ -186,6 +209,27 @@ def check_state(state: Any, expected: type, who: str) -> None:
             "a different optimizer (or configuration); build it with this optimizer's "
             "init(params)."
         )
+
+
+def made_by(state: Any) -> str:
+    """A sentence naming the library whose state types ``state`` holds when it is not sgdx
+    (an optax state handed to an sgdx transform), else asking whether another sgdx
+    configuration made it."""
+    nodes = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, tuple) and hasattr(x, "_fields"))
+    foreign = sorted(
+        {
+            f"{type(x).__module__.partition('.')[0]}.{type(x).__name__}"
+            for x in nodes
+            if hasattr(x, "_fields") and not type(x).__module__.startswith("sgdx")
+        }
+    )
+    if foreign:
+        return (
+            f"The state holds {', '.join(foreign)}: it was made by another library's "
+            "optimizer (an optax state has another layout than sgdx's, and optax.sgd's "
+            "momentum starts at zero where torch's and sgdx's copy the first gradient). "
+        )
+    return "Was this state made by a different optimizer configuration? "
 
 
 def match_sharding(x: jax.Array, reference: jax.Array) -> jax.Array:

@@ -21,6 +21,8 @@ import numpy as np
 from sgdx import _hyperparams, _tree
 from sgdx._alias import sgd
 from sgdx._base import OptState, Params, ScalarOrSchedule, apply_updates
+from sgdx._groups import ParamGroupsState
+from sgdx._inject import InjectHyperparamsState
 from sgdx._momentum import SutskeverTraceState, TraceState
 from sgdx._transforms import ScaleByLearningRateState
 
@@ -145,6 +147,14 @@ def sutskever_to_pytorch(state: OptState) -> OptState:
 
 
 def _states(state: OptState) -> Iterator[Any]:
+    if isinstance(state, InjectHyperparamsState | ParamGroupsState):
+        raise TypeError(
+            f"Expected the chain state of sgdx.sgd(...), got an {type(state).__name__}: convert "
+            "the sgd state inside it, e.g. state._replace(inner_state=conventions."
+            "pytorch_to_sutskever(state.inner_state, state.hyperparams['learning_rate'])) for "
+            "inject_hyperparams (each group's for param_groups), and build the optimizer again "
+            "with the other convention."
+        )
     if not isinstance(state, tuple) or isinstance(state, TraceState | SutskeverTraceState):
         raise TypeError(
             f"Expected the chain state of sgdx.sgd(...) (a tuple of states), got "

@@ -218,7 +218,9 @@ def cosine_annealing_lr(base_lr: float, t_max: int, eta_min: float = 0.0) -> Sch
 
 def constant_lr(base_lr: float, factor: float = 1 / 3, total_iters: int = 5) -> Schedule:
     r"""``ConstantLR``: :math:`\eta_0 \cdot` ``factor`` for :math:`t <` ``total_iters``, then
-    :math:`\eta_0`.
+    :math:`\eta_0`. With ``total_iters=0`` the factor is applied at construction and never
+    undone, as torch's ``ConstantLR(total_iters=0)`` stepped after each update does:
+    :math:`\eta_0 \cdot` ``factor`` throughout.
 
     Examples:
       >>> from sgdx import schedules
@@ -231,7 +233,8 @@ def constant_lr(base_lr: float, factor: float = 1 / 3, total_iters: int = 5) -> 
     _count(total_iters, "total_iters", minimum=0)
     if not 0 <= factor <= 1:
         raise ValueError("Constant multiplicative factor expected to be between 0 and 1.")
-    return lambda count: jnp.where(jnp.asarray(count) < total_iters, base_lr * factor, base_lr)
+    until = total_iters or np.iinfo(np.int32).max  # total_iters=0: never undone, as torch's
+    return lambda count: jnp.where(jnp.asarray(count) < until, base_lr * factor, base_lr)
 
 
 def linear_lr(
@@ -381,18 +384,19 @@ def _one_cycle_schedule(
     values_at = _tabulated(
         lambda count: _one_cycle(_float(count), *options),
         lambda t: _one_cycle(t, *options, xp=np),
-        total_steps,
+        total_steps + 1,  # torch gives a value at count total_steps, raising after it
     )
 
     def schedule(count: jax.Array) -> jax.Array:
-        # torch raises past the end; a traced count cannot, so the value is NaN there
+        # torch raises past the end; a traced count cannot, so it holds the final value
         if not isinstance(count, jax.core.Tracer) and int(count) > total_steps:
             raise ValueError(
                 f"Tried to step {int(count)} times. The specified number of total steps is "
                 f"{total_steps}"
             )
-        value = jnp.asarray(values_at(count))
-        return jnp.where(jnp.asarray(count) > total_steps, jnp.nan, value)
+        return jnp.asarray(
+            values_at(jnp.where(jnp.asarray(count) > total_steps, total_steps - 1, count))
+        )
 
     return schedule
 
@@ -411,8 +415,10 @@ def one_cycle_lr(
 
     torch's OneCycleLR also cycles momentum by default; pass :func:`one_cycle_momentum` as
     the momentum of ``sgdx.inject_hyperparams(sgdx.sgd)`` for that. Past ``total_steps``
-    torch raises; so does this for a concrete count (torch's message), and under
-    ``jax.jit``, where it cannot raise, the value is NaN.
+    torch raises; so does this for a concrete count (torch's message). Under ``jax.jit``,
+    where it cannot raise, a count past ``total_steps`` holds the final value, the
+    learning rate of the last of the ``total_steps`` updates (its momentum, for
+    :func:`one_cycle_momentum`).
 
     Examples:
       >>> from sgdx import schedules

@@ -15,7 +15,9 @@ def zero1_state_sharding(state: Any, mesh: Mesh, axis: str = "data") -> Any:
 
     Each array leaf (or ``jax.ShapeDtypeStruct``, e.g. from ``jax.eval_shape(tx.init,
     params)``) is sharded along its first dimension that the ``axis`` size divides; scalars
-    (counts, flags, hyperparameters) and leaves with no such dimension are replicated. Use it
+    (counts, hyperparameters) and leaves with no such dimension are replicated. The
+    per-parameter 1-D arrays (the first-update flags) are leaves like the others: sharded
+    when the ``axis`` size divides the number of parameters, else replicated. Use it
     as ``out_shardings`` of a jitted ``tx.init`` and for the state in the jitted step, with
     the parameters replicated: every device then holds 1/n of the momentum buffers.
 

@@ -67,6 +67,19 @@ State = ParamGroupsState | InjectHyperparamsState
 Flag = bool | Mapping[str, bool]
 
 
+def _torch() -> Any:
+    """The torch module, or an ImportError that says how to install it."""
+    try:
+        import torch
+    except ImportError as error:
+        raise ModuleNotFoundError(
+            "sgdx.interop.torch needs PyTorch, which is not installed: pip install "
+            f"'sgdx[torch]' (or torch itself). ({error})",
+            name="torch",
+        ) from None
+    return torch
+
+
 def leaf_names(params: Params) -> list[str]:
     """Dotted names of the parameter leaves, in ``jax.tree.leaves`` order."""
     return [dotted(path) for path, _ in tree_flatten_with_path(params)[0]]
@@ -334,7 +347,7 @@ def state_dict(
     Returns:
       ``{"state": {...}, "param_groups": [...]}`` with torch tensors.
     """
-    import torch
+    torch = _torch()
 
     positions = _positions(names, params)
     rank = {leaf: k for k, leaf in enumerate(positions)}
@@ -395,7 +408,7 @@ def _traceable(fn: Callable[[Any], Any], kind: str) -> Callable[[Any], Any]:
 
 def _schedule(scheduler: Any, group: int) -> Schedule:
     """torch's scheduler as an sgdx schedule for one param group, over scheduler steps."""
-    import torch
+    torch = _torch()
 
     lr_scheduler = torch.optim.lr_scheduler
     kind = type(scheduler)
@@ -460,7 +473,7 @@ def _schedule(scheduler: Any, group: int) -> Schedule:
 
 def _scheduler_steps(scheduler: Any) -> int:
     """How many times ``scheduler.step()`` has been called since it was built."""
-    import torch
+    torch = _torch()
 
     if type(scheduler) is torch.optim.lr_scheduler.ChainedScheduler:
         return _scheduler_steps(scheduler._schedulers[0])
@@ -496,7 +509,7 @@ class TorchRun(NamedTuple):
 
 
 def _named_parameters(model: Any) -> list[tuple[str, Any]]:
-    import torch
+    torch = _torch()
 
     if isinstance(model, torch.nn.Module):
         return list(model.named_parameters())
@@ -551,7 +564,7 @@ def from_torch(
       ValueError: ``steps_per_epoch`` without ``step_in_epoch`` (or out of range), a
         parameter of the optimizer that is not in the model.
     """
-    import torch
+    torch = _torch()
 
     if not isinstance(optimizer, torch.optim.SGD):
         raise TypeError(f"from_torch takes a torch.optim.SGD, got {type(optimizer).__name__}.")
@@ -667,7 +680,7 @@ def from_torch(
 def _detached(scheduler: Any, optimizer: Any) -> Any:
     """A copy of ``scheduler`` driving a stand-in optimizer that has ``optimizer``'s groups
     (their hyperparameters and scheduler keys, one scalar parameter each)."""
-    import torch
+    torch = _torch()
 
     stand_in = torch.optim.SGD(
         [
@@ -723,7 +736,7 @@ def to_torch(
       ValueError: a state that is behind the point where the run was handed over, or a
         plateau run without its ``plateau_state``.
     """
-    import torch
+    torch = _torch()
 
     groups = _groups(state)
     count = int(next(iter(groups.values())).count)
