@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgdx import _tree
+from sgdx import _hyperparams, _tree
 from sgdx._base import GradientTransformation, Params, Updates
 
 _IMPL = "threefry2x32"  # the key's layout in the state: [0, seed] for a seed below 2**32
@@ -63,7 +63,8 @@ def stochastic_rounding(seed: int = 0) -> GradientTransformation:
     stochastic_rounding=True)`` does.
 
     Args:
-      seed: a non-negative integer below :math:`2^{32}`.
+      seed: an integer in :math:`[0, 2^{32})` (or a 0-d integer array, as
+        ``optax.inject_hyperparams`` passes it).
 
     Returns:
       A :class:`~sgdx.GradientTransformation` with a :class:`StochasticRoundingState`; its
@@ -85,14 +86,22 @@ def stochastic_rounding(seed: int = 0) -> GradientTransformation:
       >>> print(params + jnp.bfloat16(2.0**-9) == 1)  # round to nearest loses the step
       [ True  True  True ...  True  True  True]
     """
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+    integer_array = (
+        isinstance(seed, np.ndarray | jax.Array)
+        and jnp.issubdtype(seed.dtype, jnp.integer)
+        and seed.ndim == 0
+    )
+    if isinstance(seed, bool) or not (isinstance(seed, int | np.integer) or integer_array):
         raise TypeError(f"stochastic_rounding: seed must be an integer, got {seed!r}.")
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"stochastic_rounding: seed must be in [0, 2**32), got {seed}.")
-    raw = np.array([0, seed], np.uint32)
+    value = _hyperparams.concrete(seed)
+    if value is not None and not 0 <= value < 2**32:
+        raise ValueError(f"stochastic_rounding: seed must be in [0, 2**32), got {value}.")
 
     def init_fn(params: Params) -> StochasticRoundingState:
-        return StochasticRoundingState(_tree.host_array(raw, params))
+        if integer_array:  # as optax.inject_hyperparams passes it, possibly traced
+            high = jnp.zeros((), jnp.uint32)
+            return StochasticRoundingState(jnp.stack([high, jnp.asarray(seed).astype(jnp.uint32)]))
+        return StochasticRoundingState(_tree.host_array(np.array([0, seed], np.uint32), params))
 
     def update_fn(
         updates: Updates,

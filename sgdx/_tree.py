@@ -169,13 +169,13 @@ def check_gradient_dtypes(updates: Updates, params: PyTree, who: str) -> None:
         g_dtype, p_dtype = getattr(g, "dtype", None), getattr(p, "dtype", None)
         if g_dtype is None or p_dtype is None or g_dtype == p_dtype:
             continue
-        if jnp.iscomplexobj(g) and not jnp.iscomplexobj(p):
-            continue  # the transforms say that a complex gradient needs a complex parameter
+        if not jnp.issubdtype(g_dtype, jnp.floating) or not jnp.issubdtype(p_dtype, jnp.floating):
+            continue  # the transforms say what an integer or complex gradient needs
         raise TypeError(
             f"{who}: the gradient at {keystr(path)} has dtype {g_dtype} but its parameter has "
-            f'dtype {p_dtype}; torch refuses it ("assigned grad has data of a different '
-            "type\"), since its update would be computed in the gradient's precision. Cast "
-            "the gradients to the parameters' dtypes: "
+            f"dtype {p_dtype}; torch refuses it too (\"The gradient must match the tensor's "
+            "grad_dtype\"), since its update would be computed in the gradient's precision. "
+            "Cast the gradients to the parameters' dtypes: "
             "jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)."
         )
 

@@ -9,6 +9,7 @@ result) or rejected with such an error, never a crash inside jax and never a sil
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -78,7 +79,8 @@ def test_one_cycle_past_its_total_steps():
     for count in (11, 50):
         with pytest.raises(ValueError, match=f"Tried to step {count} times. The specified"):
             schedule(count)
-    assert math.isnan(float(jax.jit(schedule)(11)))  # under jit it cannot raise: NaN
+    # under jit it cannot raise: the value holds at the last update's (never NaN)
+    assert float(jax.jit(schedule)(11)) == float(jax.jit(schedule)(500)) == float(schedule(9))
     tx = sgdx.sgd(schedule)
     decay, scale = tx.init(PARAMS)
     state = (decay, scale._replace(count=jnp.asarray(11, jnp.int32)))
@@ -236,6 +238,354 @@ def test_compare_plot_without_matplotlib_fails_before_the_run(tmp_path):
     assert "step" not in result.stdout  # nothing ran
 
 
+# ------------------------------------------------------------- round 3: never silent
+
+
+def test_a_gradient_of_another_dtype_is_refused_as_torch_refuses_it():
+    params = {"w": jnp.ones(3, jnp.float32)}
+    grads = {"w": jnp.full(3, 0.029, jnp.float16)}
+    tx = sgdx.sgd(1.0, momentum=0.9)
+    state = tx.init(params)
+    message = r"gradient at \['w'\] has dtype float16 but its parameter has dtype float32"
+    for run in (
+        lambda: sgdx.step(tx, params, grads, state),
+        lambda: jax.jit(sgdx.step, static_argnums=0)(tx, params, grads, state),
+        lambda: tx.update(grads, state, params),
+    ):
+        with pytest.raises(TypeError, match=message):
+            run()
+    torch = pytest.importorskip("torch")
+    p = torch.ones(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="The gradient must match the tensor's grad_dtype"):
+        p.grad = torch.full((3,), 0.029, dtype=torch.float16)
+
+
+def test_constant_lr_with_no_iterations_is_torchs():
+    torch = pytest.importorskip("torch")
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(opt, factor=0.5, total_iters=0)
+    expected = []
+    for _ in range(5):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    schedule = sgdx.schedules.constant_lr(1.0, 0.5, total_iters=0)
+    assert [float(schedule(t)) for t in range(5)] == expected == [0.5] * 5
+
+
+def test_one_cycle_at_its_end_is_torchs_and_then_holds():
+    torch = pytest.importorskip("torch")
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=10)
+    expected = []
+    for _ in range(11):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if len(expected) < 11:
+            scheduler.step()
+    with pytest.raises(ValueError, match="Tried to step 11 times"):
+        scheduler.step()
+    schedule = sgdx.schedules.one_cycle_lr(0.1, total_steps=10)
+    np.testing.assert_allclose([float(schedule(t)) for t in range(11)], expected, rtol=1e-12)
+    jitted = jax.jit(schedule)
+    assert all(float(jitted(t)) == float(schedule(9)) for t in (11, 12, 10_000))
+
+
+@pytest.mark.parametrize(
+    "dtype", [jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64, jnp.float8_e4m3fn]
+)
+def test_zero_d_hyperparameters_of_every_real_floating_dtype(dtype):
+    value = jnp.asarray(0.5, dtype)
+    tx = sgdx.sgd(value, momentum=value, dampening=jnp.asarray(0, dtype), weight_decay=value)
+    params = {"w": jnp.ones(2)}
+    updates, _ = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -0.5 * 1.5)  # -lr * (g + wd * p)
+
+
+def test_optax_inject_hyperparams_of_sgdx_with_bfloat16_parameters_in_jit():
+    optax = pytest.importorskip("optax")
+    params = {"w": jnp.ones(3, jnp.bfloat16)}
+    tx = optax.inject_hyperparams(sgdx.sgd)(learning_rate=0.5, momentum=0.95)
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(params, state, params)
+        return optax.apply_updates(params, updates), state
+
+    new, _ = step(params, tx.init(params))
+    assert new["w"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(new["w"], np.float32), 0.5)
+
+
+def test_inject_hyperparams_static_args_and_hyperparam_dtype():
+    params = jnp.ones(2)
+    tx = sgdx.inject_hyperparams(sgdx.sgd, static_args="momentum", hyperparam_dtype=jnp.float32)(
+        0.5, momentum=0.9
+    )
+    state = tx.init(params)
+    assert set(state.hyperparams) == {"learning_rate", "dampening"}
+    assert all(v.dtype == jnp.float32 for v in state.hyperparams.values())
+    # a callable named in static_args reaches the factory as it is, unevaluated
+    schedule = sgdx.inject_hyperparams(sgdx.sgd, static_args=("learning_rate",))(
+        lambda count: jnp.where(count < 1, 0.5, 0.25)
+    )
+    state = schedule.init(params)
+    assert "learning_rate" not in state.hyperparams
+    for expected in (-0.5, -0.25):
+        updates, state = schedule.update(jnp.ones(2), state, params)
+        np.testing.assert_allclose(updates, expected)
+    with pytest.raises(ValueError, match=r"static_args \['lr'\] must name arguments of sgd"):
+        sgdx.inject_hyperparams(sgdx.sgd, static_args="lr")
+    with pytest.raises(TypeError, match="hyperparam_dtype must be a real floating dtype"):
+        sgdx.inject_hyperparams(sgdx.sgd, hyperparam_dtype=jnp.int32)
+
+
+def test_torchs_lr_spelling_gets_a_hint():
+    with pytest.raises(TypeError, match="torch's lr is called learning_rate here"):
+        sgdx.inject_hyperparams(sgdx.sgd)(lr=0.1)
+
+
+def test_a_learning_rate_array_gets_torchs_message():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=r"^Tensor lr must be 1-element$"):
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=torch.tensor([1e-3, 1e-3]))
+    with pytest.raises(ValueError, match=r"^Tensor lr must be 1-element: "):
+        sgdx.sgd(jnp.array([1e-3, 1e-3]))
+
+
+def test_interop_without_torch_names_the_extra():
+    code = textwrap.dedent(
+        """
+        import sys
+
+        class NotInstalled:
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] == "torch":
+                    raise ModuleNotFoundError(f"No module named {name!r}")
+
+        sys.meta_path.insert(0, NotInstalled())
+        import jax.numpy as jnp
+        import sgdx
+        from sgdx.interop import torch as interop
+
+        tx = sgdx.inject_hyperparams(sgdx.sgd)(0.1, momentum=0.9)
+        params = {"w": jnp.ones(2)}
+        try:
+            interop.state_dict(tx.init(params), params, ["w"], nesterov=False, maximize=False)
+        except ModuleNotFoundError as error:
+            print(error)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "pip install 'sgdx[torch]'" in result.stdout, result.stderr[-2000:]
+
+
+def test_plateau_metrics_as_torch_reads_them():
+    tx = sgdx.inject_hyperparams(sgdx.sgd)(0.1)
+    opt_state = tx.init(jnp.zeros(1))
+    plateau = sgdx.reduce_lr_on_plateau()
+    state, _ = plateau.step(plateau.init(), opt_state, "0.5")  # torch's float("0.5")
+    assert float(state.best) == 0.5
+    with pytest.raises(TypeError, match=r"metric must be a real number .* got NoneType"):
+        plateau.step(plateau.init(), opt_state, None)
+    with pytest.raises(ValueError, match="the metric 'low' is not a number"):
+        plateau.step(plateau.init(), opt_state, "low")
+    with pytest.raises(ValueError, match=r"metric must be a scalar, got shape \(2,\)"):
+        plateau.step(plateau.init(), opt_state, jnp.ones(2))
+    with pytest.raises(TypeError, match="factor must be a concrete number"):
+        jax.jit(lambda factor: sgdx.reduce_lr_on_plateau(factor=factor))(0.5)
+
+
+def test_an_unhashable_group_label_names_the_parameter():
+    tx = sgdx.param_groups(
+        lambda p: jax.tree.map(lambda _: {"head"}, p), {"head": {}}, learning_rate=0.1
+    )
+    with pytest.raises(TypeError, match=r"parameter at \['b'\] has label \{'head'\} \(set\)"):
+        tx.init(PARAMS)
+
+
+def test_a_momentum_schedule_of_the_wrong_shape_is_called_a_momentum_schedule():
+    with pytest.raises(ValueError, match=r"The momentum schedule returned .* shape \(2,\)"):
+        sgdx.inject_hyperparams(sgdx.sgd)(0.1, momentum=lambda count: jnp.ones(2))
+
+
+def test_conventions_given_an_injected_state_say_what_to_convert():
+    tx = sgdx.inject_hyperparams(sgdx.sgd)(0.1, momentum=0.9)
+    state = tx.init(PARAMS)
+    with pytest.raises(TypeError, match=r"got an InjectHyperparamsState: convert .*inner_state"):
+        sgdx.conventions.pytorch_to_sutskever(state, 0.1)
+    converted = sgdx.conventions.pytorch_to_sutskever(
+        state.inner_state, state.hyperparams["learning_rate"]
+    )
+    assert isinstance(converted[1], sgdx.SutskeverTraceState)
+
+
+# ---------------------------------------- torch's messages, trees, states
+
+# (kwargs for sgd and torch.optim.SGD, message); torch raises the same ValueError.
+ERROR_CONFIGS = [
+    ({"lr": -0.1}, "Invalid learning rate: -0.1"),
+    ({"lr": 1e-2, "momentum": -0.5}, "Invalid momentum value: -0.5"),
+    ({"lr": 1e-2, "weight_decay": -1}, "Invalid weight_decay value: -1"),
+    ({"lr": 1e-2, "nesterov": True}, "Nesterov momentum requires a momentum and zero dampening"),
+    (
+        {"lr": 1e-2, "momentum": 0.9, "dampening": 0.1, "nesterov": True},
+        "Nesterov momentum requires a momentum and zero dampening",
+    ),
+]
+
+
+def sgd_from_torch_kwargs(kwargs):
+    kwargs = dict(kwargs)
+    return sgdx.sgd(kwargs.pop("lr"), **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), ERROR_CONFIGS)
+def test_invalid_hyperparameters_raise_torch_message(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        sgd_from_torch_kwargs(kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), ERROR_CONFIGS)
+def test_torch_raises_the_same_message(kwargs, message):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: sgdx.sgd(0.1, convention="keras"), "Unknown convention 'keras'"),
+        (
+            lambda: sgdx.sgd(jnp.ones(3)),
+            r"Tensor lr must be 1-element: learning_rate is an array of shape \(3,\)",
+        ),
+        (lambda: sgdx.sgd(jnp.asarray(-0.5)), "Invalid learning rate: -0.5"),
+        (lambda: sgdx.sgd(0.1, momentum=jnp.asarray(-0.5)), "Invalid momentum value: -0.5"),
+        (
+            lambda: sgdx.sgd(0.1, 0.9, convention="sutskever", nesterov=True, dampening=0.5),
+            "Nesterov momentum requires",
+        ),
+        (lambda: sgdx.trace(-0.1), "Invalid momentum value: -0.1"),
+        (lambda: sgdx.add_decayed_weights(-2), "Invalid weight_decay value: -2"),
+        (lambda: sgdx.scale_by_learning_rate(-1.0), "Invalid learning rate: -1.0"),
+        (lambda: sgdx.sutskever_trace(-1.0, 0.9), "Invalid learning rate: -1.0"),
+    ],
+)
+def test_invalid_construction(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_unknown_keyword_argument_is_rejected():
+    with pytest.raises(TypeError, match="lr"):
+        sgdx.sgd(lr=0.1)  # torch's name; sgdx follows optax: learning_rate
+
+
+def test_schedule_returning_non_scalar():
+    tx = sgdx.sgd(lambda count: jnp.ones(2))
+    with pytest.raises(ValueError, match="schedule must return a scalar"):
+        tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
+
+
+def test_weight_decay_without_params():
+    tx = sgdx.sgd(0.1, weight_decay=1e-4)
+    with pytest.raises(ValueError, match="needs the parameters"):
+        tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
+
+
+def test_gradient_tree_mismatch_names_the_path():
+    params = {"encoder": {"w": jnp.ones(2), "b": jnp.ones(2)}}
+    tx = sgdx.sgd(0.1, momentum=0.9)
+    grads = {"encoder": {"w": jnp.ones(2), "bias": jnp.ones(2)}}
+    with pytest.raises(ValueError, match=r"\['encoder'\]\['bias'\].*\['encoder'\]\['b'\]"):
+        tx.update(grads, tx.init(params), params)
+
+
+def test_gradient_shape_mismatch_names_the_path():
+    params = {"w": jnp.ones((2, 3))}
+    tx = sgdx.sgd(0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"\['w'\] has shape \(3, 2\).*\(2, 3\)"):
+        tx.update({"w": jnp.ones((3, 2))}, tx.init(params), params)
+
+
+def test_integer_parameters_are_rejected_at_init():
+    with pytest.raises(TypeError, match=r"\['step'\] has dtype int32"):
+        sgdx.sgd(0.1).init({"w": jnp.ones(2), "step": jnp.zeros((), jnp.int32)})
+
+
+def test_integer_gradients_are_rejected():
+    tx = sgdx.sgd(0.1)
+    with pytest.raises(TypeError, match=r"update at \['w'\] has dtype int32"):
+        tx.update({"w": jnp.ones(2, jnp.int32)}, tx.init({"w": jnp.ones(2)}))
+
+
+def test_state_from_another_configuration():
+    params = jnp.ones(2)
+    with_momentum = sgdx.sgd(0.1, momentum=0.9)
+    plain = sgdx.sgd(0.1)
+    with pytest.raises(ValueError, match=r"state tuple of 2 entries .* got a tuple of 3"):
+        plain.update(params, with_momentum.init(params))
+    nesterov = sgdx.sgd(0.1, 0.9, weight_decay=0.1)
+    with pytest.raises(TypeError, match="trace: expected sgdx's TraceState"):
+        nesterov.update(
+            params, (sgdx.EmptyState(), *reversed(with_momentum.init(params)[1:])), params
+        )
+
+
+def test_errors_raise_at_trace_time_under_jit():
+    tx = sgdx.sgd(0.1, momentum=0.9)
+    params = {"w": jnp.ones(2)}
+    with pytest.raises(ValueError, match=r"\['w'\]"):
+        jax.jit(tx.update)({"w": jnp.ones(3)}, tx.init(params), params)
+
+
+# ---- generated invalid input: always a clear ValueError/TypeError, never a crash or a result ----
+
+
+@given(
+    name=st.sampled_from(["learning_rate", "momentum", "weight_decay"]),
+    value=st.floats(-1e3, -1e-6),
+    as_array=st.booleans(),
+)
+def test_generated_negative_hyperparameters_raise_torch_messages(name, value, as_array):
+    messages = {
+        "learning_rate": "Invalid learning rate",
+        "momentum": "Invalid momentum value",
+        "weight_decay": "Invalid weight_decay value",
+    }
+    kwargs = {"learning_rate": 0.1, name: jnp.asarray(value) if as_array else value}
+    with pytest.raises(ValueError, match=f"^{messages[name]}: "):
+        sgdx.sgd(**kwargs)
+
+
+@given(
+    mutation=st.sampled_from(["extra", "missing", "shape", "int", "rank"]),
+    momentum=st.sampled_from([0.0, 0.9]),
+    weight_decay=st.sampled_from([0.0, 0.1]),
+)
+def test_generated_bad_gradients_raise_naming_the_path(mutation, momentum, weight_decay):
+    params = {"layer": {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}}
+    grads = {"layer": {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}}
+    if mutation == "extra":
+        grads["layer"]["c"] = jnp.ones(1)
+    elif mutation == "missing":
+        del grads["layer"]["b"]
+    elif mutation == "shape":
+        grads["layer"]["b"] = jnp.ones(4)
+    elif mutation == "int":
+        grads["layer"]["b"] = jnp.ones(3, jnp.int32)
+    else:
+        grads["layer"]["w"] = jnp.ones((2, 3, 1))
+    tx = sgdx.sgd(0.1, momentum, weight_decay=weight_decay)
+    state = tx.init(params)
+    with pytest.raises((ValueError, TypeError), match=re.escape("['layer']")):
+        jax.jit(tx.update)(grads, state, params)
+
+
 # ------------------------------------------------------------------ the property oracle
 
 WEIRD = st.one_of(
@@ -258,6 +608,17 @@ WEIRD = st.one_of(
             object(),
             lambda count: 0.1,
             jnp.float32,
+            # 0-d arrays and numpy scalars of every kind of dtype
+            jnp.asarray(0.5, jnp.bfloat16),
+            jnp.asarray(0.5, jnp.float16),
+            jnp.asarray(-0.5, jnp.bfloat16),
+            jnp.asarray(2, jnp.int8),
+            jnp.asarray(2, jnp.uint8),
+            jnp.asarray(0.5, jnp.complex64),
+            np.float16(0.25),
+            np.int64(1),
+            np.asarray([0.5], np.float32),
+            np.asarray("0.5"),
         ]
     ),
 )
