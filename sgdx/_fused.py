@@ -303,7 +303,11 @@ def with_kernel(
         flag_at = _tree.positions(trace.momentum_buffer)
         live = [i for i, g in enumerate(g_leaves) if g is not None]
         operands = [(p_leaves[i], g_leaves[i], b_leaves[i]) for i in live]
-        dtypes = {np.dtype(jnp.result_type(x)) for x in itertools.chain(*operands) if x is not None}
+        dtypes = {
+            np.dtype(x.dtype)
+            for x in itertools.chain(*operands)
+            if isinstance(x, jax.Array | np.ndarray)
+        }
         if (
             not live
             or any(

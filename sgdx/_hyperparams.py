@@ -95,10 +95,10 @@ def check_hyperparameter(value: Any, name: str) -> None:
         )
     if not is_number(value):
         raise TypeError(f"{name} must be {expected}, got {_describe(value)}.")
-    if not is_real_dtype(jnp.result_type(value)):
-        raise TypeError(
-            f"{name} must be {expected}, got {_describe(value)} of dtype {jnp.result_type(value)}."
-        )
+    dtype = value.dtype if isinstance(value, np.ndarray | np.generic | jax.Array) else None
+    dtype = jnp.result_type(value) if dtype is None else dtype
+    if not is_real_dtype(dtype):
+        raise TypeError(f"{name} must be {expected}, got {_describe(value)} of dtype {dtype}.")
     if jnp.ndim(value) != 0:
         raise ValueError(f"{name} must be {expected}, got an array of shape {jnp.shape(value)}.")
     number = concrete(value)

@@ -67,7 +67,8 @@ def _metric(metric: Any) -> ArrayLike:
             f"reduce_lr_on_plateau.step: the metric must be a scalar, got shape "
             f"{jnp.shape(metric)}; reduce it first (e.g. its mean over the validation set)."
         )
-    return metric
+    value: ArrayLike = metric
+    return value
 
 
 def reduce_lr_on_plateau(

@@ -121,7 +121,7 @@ def stochastic_rounding(seed: int = 0) -> GradientTransformation:
         def rounded(u: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
             p = jnp.asarray(p)
             index = next(leaf)
-            if not jnp.issubdtype(p.dtype, jnp.floating) or jnp.finfo(p.dtype).bits >= 32:
+            if not jnp.issubdtype(p.dtype, jnp.floating) or p.dtype.itemsize >= 4:
                 return u, p
             wide = p.astype(jnp.float32)
             x = wide + u.astype(jnp.float32)

@@ -78,6 +78,13 @@ def map_updates(
         if u is None:
             rows.append((None, *leaves))
             continue
+        if not isinstance(u, int | float | complex | np.ndarray | np.generic | jax.Array) or (
+            isinstance(u, np.ndarray | np.generic) and u.dtype.kind not in "biufc"
+        ):
+            raise TypeError(
+                f"The update at {keystr(path)} is {type(u).__name__} {u!r:.40}; sgdx transforms "
+                "take arrays (or None for a parameter without a gradient in this step)."
+            )
         u = jnp.asarray(u)
         if not jnp.issubdtype(u.dtype, jnp.inexact):
             raise TypeError(
