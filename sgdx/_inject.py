@@ -36,15 +36,6 @@ def _is_numeric(name: str, value: Any) -> bool:
     return _hyperparams.is_number(value)
 
 
-def _is_floating_dtype(dtype: Any) -> bool:
-    try:
-        return not isinstance(dtype, np.ndarray | jax.Array) and bool(
-            jnp.issubdtype(np.dtype(dtype), jnp.floating)
-        )
-    except TypeError:
-        return False
-
-
 # Numbers that shape the computation rather than scale it: never held as floats.
 _STRUCTURAL = ("seed",)
 
@@ -122,7 +113,8 @@ def inject_hyperparams(
             f"inject_hyperparams: static_args {sorted(static_names)} must name arguments of "
             f"{factory_name}, which takes {list(signature.parameters)}."
         )
-    if hyperparam_dtype is not None and not _is_floating_dtype(hyperparam_dtype):
+    kind = None if hyperparam_dtype is None else _tree.as_dtype(hyperparam_dtype)
+    if hyperparam_dtype is not None and (kind is None or not jnp.issubdtype(kind, jnp.floating)):
         raise TypeError(
             f"inject_hyperparams: hyperparam_dtype must be a real floating dtype (e.g. "
             f"jnp.float32), got {hyperparam_dtype!r}."

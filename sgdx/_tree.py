@@ -187,14 +187,23 @@ def check_gradient_dtypes(updates: Updates, params: PyTree, who: str) -> None:
         )
 
 
+def as_dtype(dtype: Any) -> np.dtype | None:
+    """``dtype`` as a numpy dtype (``jnp.float32``, ``"bfloat16"``, ...), or ``None`` for
+    something that is not a dtype (an array, which numpy would read as its own dtype, too)."""
+    if isinstance(dtype, np.ndarray | jax.Array):
+        return None
+    try:
+        kind: np.dtype = np.dtype(dtype)
+    except TypeError:
+        return None
+    return kind
+
+
 def check_accumulator_dtype(dtype: Any, who: str) -> None:
     """Raises a ``TypeError`` unless ``dtype`` is ``None`` or a floating or complex dtype."""
     if dtype is None:
         return
-    try:
-        kind = None if isinstance(dtype, np.ndarray | jax.Array) else np.dtype(dtype)
-    except TypeError:
-        kind = None
+    kind = as_dtype(dtype)
     if kind is None or not jnp.issubdtype(kind, jnp.inexact):
         raise TypeError(
             f"{who}: accumulator_dtype must be a floating or complex dtype (e.g. jnp.float32) "
