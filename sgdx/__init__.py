@@ -11,7 +11,6 @@ from sgdx._base import (
     chain,
     identity,
 )
-from sgdx._fused import step
 from sgdx._groups import (
     ParamGroupsState,
     add_param_groups,
@@ -22,7 +21,6 @@ from sgdx._groups import (
 from sgdx._guard import SkipNonFiniteState, skip_nonfinite
 from sgdx._inject import InjectHyperparamsState, inject_hyperparams
 from sgdx._kernel import NativeStatus, native_status
-from sgdx._layout import momentum_buffers
 from sgdx._momentum import SutskeverTraceState, TraceState, sutskever_trace, trace
 from sgdx._plateau import ReduceLROnPlateau, ReduceLROnPlateauState, reduce_lr_on_plateau
 from sgdx._rounding import (
@@ -30,6 +28,8 @@ from sgdx._rounding import (
     round_stochastically,
     stochastic_rounding,
 )
+from sgdx._sgd_state import SGDState, momentum_buffers
+from sgdx._step import step
 from sgdx._transforms import (
     ScaleByLearningRateState,
     add_decayed_weights,
@@ -48,6 +48,7 @@ __all__ = [
     "ParamGroupsState",
     "ReduceLROnPlateau",
     "ReduceLROnPlateauState",
+    "SGDState",
     "ScalarOrSchedule",
     "ScaleByLearningRateState",
     "Schedule",

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import jax
 from jax.typing import ArrayLike, DTypeLike
 
-from sgdx import _fused, _hyperparams, _rounding, _transforms, _tree
+from sgdx import _hyperparams, _kernel_sgd, _rounding, _sgd_state, _step, _transforms, _tree
 from sgdx._base import (
     GradientTransformation,
     OptState,
     Params,
     ScalarOrSchedule,
     Updates,
-    chain,
 )
 from sgdx._kernel import native_status
 from sgdx._momentum import sutskever_trace, trace
@@ -24,8 +22,8 @@ _CONVENTIONS = ("pytorch", "sutskever")
 
 
 def _checked(tx: GradientTransformation) -> GradientTransformation:
-    """``tx`` whose ``update``, given the parameters, first checks that each gradient has its
-    parameter's dtype."""
+    """``tx`` whose ``update`` and step, given the parameters, first check that each gradient
+    has its parameter's dtype."""
 
     def update_fn(
         updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
@@ -34,7 +32,13 @@ def _checked(tx: GradientTransformation) -> GradientTransformation:
             _tree.check_gradient_dtypes(updates, params, "sgd")
         return tx.update(updates, state, params, **extra_args)
 
-    return GradientTransformation(tx.init, update_fn)
+    def step_fn(params: Params, grads: Updates, state: OptState) -> tuple[Params, OptState]:
+        _tree.check_gradient_dtypes(grads, params, "sgd")
+        return _step.run(tx, params, grads, state)
+
+    if _step.step_of(tx) is None:
+        return GradientTransformation(tx.init, update_fn)
+    return _step.with_step(tx.init, update_fn, step_fn)
 
 
 def sgd(
@@ -82,15 +86,11 @@ def sgd(
     always traced, so it can be changed or differentiated without rebuilding, and ``0``
     still behaves as torch's ``0``.
 
-    The state is the tuple of the chained transforms' states, in this order: an
-    :class:`~sgdx.EmptyState` for ``maximize`` (only when it is on), an
-    :class:`~sgdx.EmptyState` for coupled weight decay (always, so that the structure does
-    not depend on how the decay was spelled), the momentum state (:class:`~sgdx.TraceState`,
-    or :class:`~sgdx.SutskeverTraceState` for ``convention="sutskever"``; only when momentum
-    is on), a :class:`~sgdx.ScaleByLearningRateState` (PyTorch convention, or no
-    momentum), with ``decoupled_weight_decay`` the decay's
-    :class:`~sgdx.ScaleByLearningRateState`, and with ``stochastic_rounding`` a
-    :class:`~sgdx.StochasticRoundingState` last.
+    The state is an :class:`~sgdx.SGDState`: the momentum state
+    (:class:`~sgdx.TraceState`, or :class:`~sgdx.SutskeverTraceState` for
+    ``convention="sutskever"``), the learning rate's (a count for a schedule), the decoupled
+    decay's and the rounding key, each ``None`` where the options leave it out. Read the
+    buffers by parameter name with :func:`sgdx.momentum_buffers`.
 
     Args:
       learning_rate: :math:`\eta \ge 0`: a float, a scalar array, or a schedule
@@ -121,12 +121,11 @@ def sgd(
       fused: torch's ``fused``. ``None`` (the default): where the native CPU kernel can
         run (PyTorch convention, momentum on, float32 or float64 leaves of one dtype, on
         CPU devices: on each device's shards), :func:`sgdx.step` takes one in-place pass of
-        it over parameters and buffers; elsewhere, and in ``update``, the pure-JAX path
-        runs (the same numbers; one warning if the kernel is missing). ``True``: raise if
-        the kernel or this configuration cannot have it, and run it in ``update`` too (the
-        updates and new buffers in one pass; measured slower than XLA's fused update on a
-        2-core CPU, where its outputs are fresh arrays). ``False``: always the pure-JAX
-        path.
+        it over parameters and buffers, also through sgdx's wrappers; elsewhere the
+        pure-JAX path runs (the same numbers; one warning if the kernel is missing, or if a
+        wrapper that is not sgdx's hides the step). ``True``: raise instead of running
+        without the kernel in :func:`sgdx.step`. ``False``: always the pure-JAX path.
+        ``update`` is always pure JAX, which XLA fuses best where the updates are wanted.
 
     Returns:
       A :class:`~sgdx.GradientTransformation`; its ``update`` needs ``params`` when weight
@@ -191,40 +190,36 @@ def sgd(
         )
 
     decay = 0.0 if weight_decay is None else weight_decay
-    transforms = []
+    links: dict[str, GradientTransformation | None] = dict.fromkeys(
+        ("maximize", "weight_decay", *_sgd_state.SGDState._fields)
+    )
     if maximize:
-        transforms.append(_transforms.maximize())
-    if not decoupled_weight_decay:
-        transforms.append(_transforms.add_decayed_weights(decay))
-    if not momentum_on:
-        transforms.append(_transforms.scale_by_learning_rate(learning_rate))
-    elif convention == "sutskever":
-        transforms.append(
-            sutskever_trace(
-                learning_rate,
-                mu,
-                dampening=dampening,
-                nesterov=nesterov,
-                momentum_correction=momentum_correction,
-                accumulator_dtype=accumulator_dtype,
-            )
+        links["maximize"] = _transforms.maximize()
+    if decoupled_weight_decay:
+        links["decoupled_weight_decay"] = _transforms.add_decoupled_weight_decay(
+            decay, learning_rate
         )
     else:
-        transforms.append(
-            trace(
-                mu,
-                dampening=dampening,
-                nesterov=nesterov,
-                accumulator_dtype=accumulator_dtype,
-            )
+        links["weight_decay"] = _transforms.add_decayed_weights(decay)
+    if momentum_on and convention == "sutskever":
+        links["momentum"] = sutskever_trace(
+            learning_rate,
+            mu,
+            dampening=dampening,
+            nesterov=nesterov,
+            momentum_correction=momentum_correction,
+            accumulator_dtype=accumulator_dtype,
         )
-        transforms.append(_transforms.scale_by_learning_rate(learning_rate))
-    if decoupled_weight_decay:
-        transforms.append(_transforms.add_decoupled_weight_decay(decay, learning_rate))
+    else:
+        links["learning_rate"] = _transforms.scale_by_learning_rate(learning_rate)
+    if momentum_on and convention == "pytorch":
+        links["momentum"] = trace(
+            mu, dampening=dampening, nesterov=nesterov, accumulator_dtype=accumulator_dtype
+        )
     rounding = _rounding.stochastic_rounding(seed)  # validates the seed either way
     if stochastic_rounding:
-        transforms.append(rounding)
-    reference = _checked(chain(*transforms))
+        links["stochastic_rounding"] = rounding
+    reference = _sgd_state.chain(**links)
     kernel_fits = (
         convention == "pytorch"
         and momentum_on
@@ -237,8 +232,7 @@ def sgd(
             raise ValueError(
                 "fused=True needs what the native kernel computes: convention='pytorch', "
                 "momentum on, no decoupled_weight_decay, accumulator_dtype or "
-                "stochastic_rounding; use "
-                "fused=None (the default) to take it where it fits."
+                "stochastic_rounding; use fused=None (the default) to take it where it fits."
             )
         status = native_status()
         if not status.available:
@@ -246,18 +240,14 @@ def sgd(
                 f"fused=True, but the native kernel is not available: {status.reason}"
             )
     if fused is False or not kernel_fits:
-        return reference
-
-    def build(hyper: jax.Array) -> GradientTransformation:
-        lr, mu_, tau, wd = hyper
-        return sgd(lr, mu_, tau, wd, nesterov, maximize=maximize, fused=False)
-
-    return _fused.with_kernel(
-        reference,
-        build,
-        learning_rate,
-        (mu, dampening, decay),
-        nesterov=nesterov,
-        maximize=maximize,
-        in_update=fused is True,
+        return _checked(reference)
+    return _checked(
+        _kernel_sgd.with_kernel(
+            reference,
+            learning_rate,
+            {"momentum": mu, "dampening": dampening, "weight_decay": decay},
+            nesterov=nesterov,
+            maximize=maximize,
+            required=fused is True,
+        )
     )

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from sgdx import _tree
+from sgdx import _step, _tree
 
 PyTree = Any
 Params = PyTree
@@ -138,12 +138,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     def init_fn(params: Params) -> tuple[OptState, ...]:
         return tuple(t.init(params) for t in transforms)
 
-    def update_fn(
-        updates: Updates,
-        state: tuple[OptState, ...],
-        params: Params | None = None,
-        **extra_args: Any,
-    ) -> tuple[Updates, tuple[OptState, ...]]:
+    def check(state: Any) -> None:
         if not isinstance(state, tuple) or len(state) != len(transforms):
             got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
             raise ValueError(
@@ -151,14 +146,43 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 f"transform), got {got}. {_tree.made_by(state)}Build it with the same "
                 "transform's init."
             )
+
+    def through(
+        links: tuple[GradientTransformation, ...],
+        updates: Updates,
+        state: tuple[OptState, ...],
+        params: Params | None,
+        extra_args: dict[str, Any],
+    ) -> tuple[Updates, tuple[OptState, ...]]:
         new_states = []
-        for transform, inner in zip(transforms, state, strict=True):
+        for transform, inner in zip(links, state, strict=True):
             extra = extra_args if accepts_extra_args(transform) else {}
             updates, inner = transform.update(updates, inner, params, **extra)
             new_states.append(inner)
         return updates, tuple(new_states)
 
-    return GradientTransformation(init_fn, update_fn)
+    def update_fn(
+        updates: Updates,
+        state: tuple[OptState, ...],
+        params: Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[Updates, tuple[OptState, ...]]:
+        check(state)
+        return through(transforms, updates, state, params, extra_args)
+
+    if not transforms or _step.step_of(transforms[-1]) is None:
+        return GradientTransformation(init_fn, update_fn)
+
+    def step_fn(
+        params: Params, grads: Updates, state: tuple[OptState, ...]
+    ) -> tuple[Params, tuple[OptState, ...]]:
+        """The transforms before the last one, then the last one's step."""
+        check(state)
+        updates, new_first = through(transforms[:-1], grads, state[:-1], params, {})
+        params, new_last = _step.run(transforms[-1], params, updates, state[-1])
+        return params, (*new_first, new_last)
+
+    return _step.with_step(init_fn, update_fn, step_fn)
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:

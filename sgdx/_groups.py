@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path
 
-from sgdx import _hyperparams, _tree
+from sgdx import _hyperparams, _step, _tree
 from sgdx._alias import sgd
 from sgdx._base import GradientTransformation, Params, PyTree, Updates
 from sgdx._inject import InjectHyperparamsState, inject_hyperparams
@@ -188,9 +188,8 @@ def param_groups(
             _tree.host_array(owners, params),
         )
 
-    def update_fn(
-        updates: Updates, state: ParamGroupsState, params: Params | None = None, **extra_args: Any
-    ) -> tuple[Updates, ParamGroupsState]:
+    def checked(state: ParamGroupsState, params: Params | None) -> list[str]:
+        """The labels of ``params``' leaves, after checking ``state`` against them."""
         _tree.check_state(state, ParamGroupsState, "param_groups")
         if set(state.groups) != set(optimizers):
             raise ValueError(
@@ -203,23 +202,45 @@ def param_groups(
             raise ValueError(
                 "param_groups needs the parameters: call update(updates, state, params)."
             )
-        leaves = check_labels(params)
-        _, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
-        merged: list[Any] = [None] * len(leaves)
-        new_states = {}
+        return check_labels(params)
+
+    def merged(tree: PyTree, parts: dict[str, PyTree], leaves: list[str]) -> PyTree:
+        """``tree`` with each group's leaves taken from its part (frozen ones kept)."""
+        merged_leaves, treedef = jax.tree.flatten(tree, is_leaf=_tree.is_none)
+        for label, part in parts.items():
+            for i, x in enumerate(jax.tree.leaves(part, is_leaf=_tree.is_none)):
+                if leaves[i] == label:
+                    merged_leaves[i] = x
+        return jax.tree.unflatten(treedef, merged_leaves)
+
+    def update_fn(
+        updates: Updates, state: ParamGroupsState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, ParamGroupsState]:
+        leaves = checked(state, params)
+        frozen = jax.tree.map(lambda _: None, updates)  # a frozen parameter's update: None
+        parts, new_states = {}, {}
         for label, tx in optimizers.items():
-            group_updates, new_states[label] = tx.update(
+            parts[label], new_states[label] = tx.update(
                 _mask(updates, leaves, label),
                 state.groups[label],
                 _mask(params, leaves, label),
                 **extra_args,
             )
-            for i, u in enumerate(jax.tree.leaves(group_updates, is_leaf=lambda x: x is None)):
-                if leaves[i] == label:
-                    merged[i] = u
-        return jax.tree.unflatten(treedef, merged), ParamGroupsState(new_states, state.membership)
+        return merged(frozen, parts, leaves), ParamGroupsState(new_states, state.membership)
 
-    return GradientTransformation(init_fn, update_fn)
+    def step_fn(
+        params: Params, grads: Updates, state: ParamGroupsState
+    ) -> tuple[Params, ParamGroupsState]:
+        """Each group's step (one kernel pass per group, with its hyperparameters)."""
+        leaves = checked(state, params)
+        parts, new_states = {}, {}
+        for label, tx in optimizers.items():
+            parts[label], new_states[label] = _step.run(
+                tx, _mask(params, leaves, label), _mask(grads, leaves, label), state.groups[label]
+            )
+        return merged(params, parts, leaves), ParamGroupsState(new_states, state.membership)
+
+    return _step.with_step(init_fn, update_fn, step_fn)
 
 
 def add_param_groups(

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from sgdx import _hyperparams, _tree
+from sgdx import _hyperparams, _step, _tree
 from sgdx._base import GradientTransformation, OptState, Params, Updates
 
 
@@ -74,16 +74,21 @@ def skip_nonfinite(
     def init_fn(params: Params) -> SkipNonFiniteState:
         return SkipNonFiniteState(inner.init(params), jnp.zeros((), jnp.int32))
 
-    def update_fn(
-        updates: Updates, state: SkipNonFiniteState, params: Params | None = None, **extra_args: Any
-    ) -> tuple[Updates, SkipNonFiniteState]:
-        _tree.check_state(state, SkipNonFiniteState, "skip_nonfinite")
+    def unscaled(updates: Updates) -> tuple[Updates, jax.Array | bool]:
+        """The gradients unscaled, and whether any of them is not finite."""
         if grad_scale is not None:
             (updates,) = _tree.map_updates(
                 lambda g: (g * (1 / jnp.asarray(grad_scale, g.dtype)),), updates, names=()
             )
         leaves = [u for u in jax.tree.leaves(updates) if u is not None]
         found = jnp.any(jnp.stack([~jnp.all(jnp.isfinite(u)) for u in leaves])) if leaves else False
+        return updates, found
+
+    def update_fn(
+        updates: Updates, state: SkipNonFiniteState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, SkipNonFiniteState]:
+        _tree.check_state(state, SkipNonFiniteState, "skip_nonfinite")
+        updates, found = unscaled(updates)
         new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra_args)
         (new_updates,) = _tree.map_updates(
             lambda u: (jnp.where(found, jnp.zeros_like(u), u),), new_updates, names=()
@@ -94,4 +99,21 @@ def skip_nonfinite(
         skipped = jnp.where(found, _tree.safe_increment(state.skipped), state.skipped)
         return new_updates, SkipNonFiniteState(kept, skipped)
 
-    return GradientTransformation(init_fn, update_fn)
+    def step_fn(
+        params: Params, grads: Updates, state: SkipNonFiniteState
+    ) -> tuple[Params, SkipNonFiniteState]:
+        """The inner step, taken only when every gradient is finite (``lax.cond``: the
+        skipped branch touches nothing)."""
+        _tree.check_state(state, SkipNonFiniteState, "skip_nonfinite")
+        grads, found = unscaled(grads)
+
+        def take(operands: tuple[Params, OptState]) -> tuple[Params, OptState]:
+            return _step.run(inner, operands[0], grads, operands[1])
+
+        params, kept = jax.lax.cond(
+            found, lambda operands: operands, take, (params, state.inner_state)
+        )
+        skipped = jnp.where(found, _tree.safe_increment(state.skipped), state.skipped)
+        return params, SkipNonFiniteState(kept, skipped)
+
+    return _step.with_step(init_fn, update_fn, step_fn)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
-from sgdx import _hyperparams, _tree
+from sgdx import _hyperparams, _step, _tree
 from sgdx._base import GradientTransformation, OptState, Params, Updates
 
 
@@ -167,10 +167,21 @@ def inject_hyperparams(
             updates, inner = build(state.hyperparams).update(
                 updates, state.inner_state, params, **extra_args
             )
+            return updates, advanced(state, inner)
+
+        def advanced(state: InjectHyperparamsState, inner: OptState) -> InjectHyperparamsState:
             count = _tree.safe_increment(state.count)
             # as torch's scheduler.step() after optimizer.step(): the next update's values
-            return updates, InjectHyperparamsState(count, evaluate(count, state.hyperparams), inner)
+            return InjectHyperparamsState(count, evaluate(count, state.hyperparams), inner)
 
-        return GradientTransformation(init_fn, update_fn)
+        def step_fn(
+            params: Params, grads: Updates, state: InjectHyperparamsState
+        ) -> tuple[Params, InjectHyperparamsState]:
+            _tree.check_state(state, InjectHyperparamsState, "inject_hyperparams")
+            inner_tx = build(state.hyperparams)
+            params, inner = _step.run(inner_tx, params, grads, state.inner_state)
+            return params, advanced(state, inner)
+
+        return _step.with_step(init_fn, update_fn, step_fn)
 
     return wrapped

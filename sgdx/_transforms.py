@@ -120,7 +120,7 @@ def add_decayed_weights(
 
 
 class ScaleByLearningRateState(NamedTuple):
-    """State of :func:`scale_by_learning_rate`."""
+    """State of :func:`scale_by_learning_rate` with a schedule."""
 
     count: jax.Array  # type: ignore[assignment]  # optax's name, shadowing tuple.count
     """Updates applied so far (int32, saturating); the schedule's argument."""
@@ -140,7 +140,10 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
         stays traceable, or a schedule ``count -> lr``.
 
     Returns:
-      A :class:`~sgdx.GradientTransformation` with a :class:`ScaleByLearningRateState`.
+      A :class:`~sgdx.GradientTransformation` with a :class:`ScaleByLearningRateState` (the
+      schedule's count) for a schedule, an :class:`~sgdx.EmptyState` for a fixed learning
+      rate (as optax's ``scale_by_schedule`` and ``scale``): a state holds one count, the
+      one of the schedule it drives (under :func:`sgdx.inject_hyperparams`, the wrapper's).
 
     Raises:
       ValueError: ``Invalid learning rate: {lr}`` for a negative value; a non-scalar
@@ -159,19 +162,27 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
     """
     scalar = _hyperparams.check_learning_rate(learning_rate)
 
-    def init_fn(params: Params) -> ScaleByLearningRateState:
+    kind = EmptyState if scalar is not None else ScaleByLearningRateState
+
+    def init_fn(params: Params) -> ScaleByLearningRateState | EmptyState:
         _tree.check_inexact(params, "scale_by_learning_rate")
+        if scalar is not None:
+            return EmptyState()
         return ScaleByLearningRateState(count=jnp.zeros((), jnp.int32))
 
     def update_fn(
         updates: Updates,
-        state: ScaleByLearningRateState,
+        state: ScaleByLearningRateState | EmptyState,
         params: Params | None = None,
         **extra_args: Any,
-    ) -> tuple[Updates, ScaleByLearningRateState]:
+    ) -> tuple[Updates, ScaleByLearningRateState | EmptyState]:
         del extra_args
-        _tree.check_state(state, ScaleByLearningRateState, "scale_by_learning_rate")
-        lr = _hyperparams.learning_rate_at(learning_rate, scalar, state.count)
+        _tree.check_state(state, kind, "scale_by_learning_rate")
+        if isinstance(state, ScaleByLearningRateState):
+            lr = _hyperparams.learning_rate_at(learning_rate, scalar, state.count)
+            state = ScaleByLearningRateState(count=_tree.safe_increment(state.count))
+        else:
+            lr = jnp.asarray(scalar)
         # with params given, their tree is the reference the updates must match
         trees, names = ((params,), ("parameters",)) if params is not None else ((), ())
         updates, *_ = _tree.map_updates(
@@ -181,7 +192,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
             names=names,
             same_shape_as=0 if trees else None,
         )
-        return updates, ScaleByLearningRateState(count=_tree.safe_increment(state.count))
+        return updates, state
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -206,9 +217,9 @@ def add_decoupled_weight_decay(
       mask: as in :func:`add_decayed_weights`.
 
     Returns:
-      A :class:`~sgdx.GradientTransformation` with a :class:`ScaleByLearningRateState`
-      (the count of updates applied, the schedule's argument). Its ``update`` needs
-      ``params``.
+      A :class:`~sgdx.GradientTransformation` with the state of
+      :func:`scale_by_learning_rate` (the count of updates applied for a schedule). Its
+      ``update`` needs ``params``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -225,10 +236,10 @@ def add_decoupled_weight_decay(
 
     def update_fn(
         updates: Updates,
-        state: ScaleByLearningRateState,
+        state: ScaleByLearningRateState | EmptyState,
         params: Params | None = None,
         **extra_args: Any,
-    ) -> tuple[Updates, ScaleByLearningRateState]:
+    ) -> tuple[Updates, ScaleByLearningRateState | EmptyState]:
         del extra_args
         zeros = jax.tree.map(
             lambda u: None if u is None else jnp.zeros_like(u), updates, is_leaf=lambda u: u is None

@@ -19,7 +19,7 @@ Updates = Any
 _MAX_PATHS_SHOWN = 5
 
 
-def _is_none(x: Any) -> bool:
+def is_none(x: Any) -> bool:
     return x is None
 
 
@@ -32,7 +32,7 @@ def same_structure(a: Any, b: Any) -> bool:
 
 
 def _structure_error(updates: Updates, tree: PyTree, name: str) -> ValueError:
-    update_paths = _paths(updates, _is_none)
+    update_paths = _paths(updates, is_none)
     tree_paths = _paths(tree)
     only_updates = [p for p in update_paths if p not in set(tree_paths)][:_MAX_PATHS_SHOWN]
     only_tree = [p for p in tree_paths if p not in set(update_paths)][:_MAX_PATHS_SHOWN]
@@ -40,7 +40,7 @@ def _structure_error(updates: Updates, tree: PyTree, name: str) -> ValueError:
         detail = f"paths only in the updates: {only_updates}; paths only in the {name}: {only_tree}"
     else:
         detail = (
-            f"same paths, different containers: updates {jax.tree.structure(updates, _is_none)}"
+            f"same paths, different containers: updates {jax.tree.structure(updates, is_none)}"
             f" vs {name} {jax.tree.structure(tree)}"
         )
     return ValueError(
@@ -65,10 +65,10 @@ def map_updates(
     the structure of ``updates`` or, for ``trees[same_shape_as]``, when a leaf's shape
     differs, and a ``TypeError`` when an update is not a floating or complex array.
     """
-    flat, treedef = tree_flatten_with_path(updates, is_leaf=_is_none)
+    flat, treedef = tree_flatten_with_path(updates, is_leaf=is_none)
     columns = []
     for tree, name in zip(trees, names, strict=True):
-        leaves, structure = jax.tree.flatten(tree, is_leaf=_is_none)
+        leaves, structure = jax.tree.flatten(tree, is_leaf=is_none)
         if not same_structure(structure, treedef):
             raise _structure_error(updates, tree, name)
         columns.append(leaves)
@@ -117,7 +117,7 @@ def positions(tree: PyTree) -> list[int | None]:
     """For each leaf of ``tree`` (``None`` leaves included, in ``jax.tree.flatten`` order with
     ``None`` as a leaf), its index in the per-parameter vector of :func:`per_leaf`, or
     ``None`` for a ``None`` leaf."""
-    leaves = jax.tree.leaves(tree, is_leaf=_is_none)
+    leaves = jax.tree.leaves(tree, is_leaf=is_none)
     counts = itertools.accumulate(leaf is not None for leaf in leaves)
     return [None if leaf is None else k - 1 for leaf, k in zip(leaves, counts, strict=True)]
 
@@ -139,7 +139,7 @@ def per_leaf(vector: jax.Array, tree: PyTree, name: str) -> PyTree:
             "one per parameter. Was this state made for other parameters? Build it with "
             "this optimizer's init(params)."
         )
-    treedef = jax.tree.structure(tree, is_leaf=_is_none)
+    treedef = jax.tree.structure(tree, is_leaf=is_none)
     return jax.tree.unflatten(treedef, [None if k is None else vector[k] for k in at])
 
 
@@ -168,8 +168,8 @@ def check_gradient_dtypes(updates: Updates, params: PyTree, who: str) -> None:
     """Raises a ``TypeError`` naming the first path where a real gradient's dtype is not its
     parameter's (torch refuses such a gradient). Python scalars, ``None`` gradients and
     trees of another structure (reported by the transforms) are not checked here."""
-    flat, treedef = tree_flatten_with_path(updates, is_leaf=_is_none)
-    p_leaves, p_def = jax.tree.flatten(params, is_leaf=_is_none)
+    flat, treedef = tree_flatten_with_path(updates, is_leaf=is_none)
+    p_leaves, p_def = jax.tree.flatten(params, is_leaf=is_none)
     if not same_structure(p_def, treedef):
         return
     for (path, g), p in zip(flat, p_leaves, strict=True):

@@ -11,19 +11,20 @@ gradients keep the learning rate they were taken with, PyTorch's take the new on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgdx import _hyperparams, _tree
+from sgdx import _hyperparams, _sgd_state, _tree
 from sgdx._alias import sgd
-from sgdx._base import OptState, Params, ScalarOrSchedule, apply_updates
+from sgdx._base import EmptyState, OptState, Params, ScalarOrSchedule, apply_updates
 from sgdx._groups import ParamGroupsState
 from sgdx._inject import InjectHyperparamsState
 from sgdx._momentum import SutskeverTraceState, TraceState
+from sgdx._sgd_state import SGDState
 from sgdx._transforms import ScaleByLearningRateState
 
 __all__ = ["compare", "pytorch_to_sutskever", "sutskever_to_pytorch"]
@@ -36,7 +37,8 @@ def pytorch_to_sutskever(state: OptState, learning_rate: ScalarOrSchedule) -> Op
     Each velocity is :math:`v = -\\eta b`, where :math:`\\eta` is the learning rate of the
     next update (a schedule is evaluated at the state's count); parameters whose buffer
     has not started yet keep a zero velocity. Everything else (the step count, other
-    transforms' states) carries over.
+    transforms' states) carries over. Every sgd state inside ``state`` is converted, so the
+    state of a wrapper such as :func:`sgdx.skip_nonfinite` converts whole.
 
     Args:
       state: the state of ``sgd(..., convention="pytorch")`` with momentum.
@@ -52,49 +54,46 @@ def pytorch_to_sutskever(state: OptState, learning_rate: ScalarOrSchedule) -> Op
       >>> pytorch, sutskever = sgdx.sgd(0.5, 0.9), sgdx.sgd(0.5, 0.9, convention="sutskever")
       >>> state = pytorch.init(jnp.zeros(1))
       >>> _, state = pytorch.update(jnp.array([1.0]), state)  # buf = 1
-      >>> print(conventions.pytorch_to_sutskever(state, 0.5)[1].velocity)
+      >>> print(conventions.pytorch_to_sutskever(state, 0.5).momentum.velocity)
       [-0.5]
     """
-    parts = list(_states(state))
-    kinds = [type(part) for part in parts]
-    i = next(
-        (
-            i
-            for i in range(len(parts) - 1)
-            if kinds[i : i + 2] == [TraceState, ScaleByLearningRateState]
-        ),
-        None,
-    )
-    if i is None:
-        raise ValueError(
-            "pytorch_to_sutskever expects the state of sgd(..., convention='pytorch') with "
-            "momentum (a TraceState followed by a ScaleByLearningRateState); without momentum "
-            "both conventions share one state and nothing needs converting."
-        )
-    trace_state, scale_state = parts[i], parts[i + 1]
     scalar = _hyperparams.check_learning_rate(learning_rate)
-    lr = _hyperparams.learning_rate_at(learning_rate, scalar, scale_state.count)
 
-    def velocity(buf: jax.Array, initialized: jax.Array) -> jax.Array:
-        return jnp.where(initialized, -_hyperparams.cast(lr, buf) * buf, 0).astype(buf.dtype)
+    def convert(sgd_state: SGDState) -> SGDState:
+        trace_state = sgd_state.momentum
+        if not isinstance(trace_state, TraceState):
+            raise ValueError(
+                "pytorch_to_sutskever expects the state of sgd(..., convention='pytorch') "
+                f"with momentum (a TraceState); this one holds {type(trace_state).__name__}: "
+                "without momentum both conventions share one state and nothing needs "
+                "converting."
+            )
+        count = _sgd_state.count(sgd_state)
+        count = jnp.zeros((), jnp.int32) if count is None else count
+        lr = _hyperparams.learning_rate_at(learning_rate, scalar, count)
 
-    def scale(buf: jax.Array, initialized: jax.Array) -> jax.Array:
-        return jnp.real(jnp.where(initialized, _hyperparams.cast(lr, buf), 0))
+        def velocity(buf: jax.Array, initialized: jax.Array) -> jax.Array:
+            return jnp.where(initialized, -_hyperparams.cast(lr, buf) * buf, 0).astype(buf.dtype)
 
-    buffers = trace_state.momentum_buffer
-    flags = _tree.per_leaf(trace_state.initialized, buffers, "momentum flags")
-    converted = SutskeverTraceState(
-        velocity=jax.tree.map(velocity, buffers, flags),
-        initialized=trace_state.initialized,
-        learning_rate=_tree.stack(
-            jax.tree.map(scale, buffers, flags), _hyperparams.default_float()
-        ),
-        count=scale_state.count,
-    )
-    return (*parts[:i], converted, *parts[i + 2 :])
+        def scale(buf: jax.Array, initialized: jax.Array) -> jax.Array:
+            return jnp.real(jnp.where(initialized, _hyperparams.cast(lr, buf), 0))
+
+        buffers = trace_state.momentum_buffer
+        flags = _tree.per_leaf(trace_state.initialized, buffers, "momentum flags")
+        converted = SutskeverTraceState(
+            velocity=jax.tree.map(velocity, buffers, flags),
+            initialized=trace_state.initialized,
+            learning_rate=_tree.stack(
+                jax.tree.map(scale, buffers, flags), _hyperparams.default_float()
+            ),
+            count=count,
+        )
+        return sgd_state._replace(momentum=converted, learning_rate=None)
+
+    return _sgd_state.replace(_states(state, "pytorch_to_sutskever"), convert)
 
 
-def sutskever_to_pytorch(state: OptState) -> OptState:
+def sutskever_to_pytorch(state: OptState, learning_rate: ScalarOrSchedule) -> OptState:
     """Converts an ``sgd(convention="sutskever")`` state into the ``"pytorch"`` state that
     continues the same trajectory.
 
@@ -105,6 +104,8 @@ def sutskever_to_pytorch(state: OptState) -> OptState:
 
     Args:
       state: the state of ``sgd(..., convention="sutskever")`` with momentum.
+      learning_rate: the learning rate (or the schedule) of the run: whether the PyTorch
+        state keeps a count (a schedule) or not, as ``sgd`` builds it.
 
     Returns:
       The state for the same ``sgd(...)`` arguments with ``convention="pytorch"``.
@@ -113,54 +114,63 @@ def sutskever_to_pytorch(state: OptState) -> OptState:
       ValueError: when a started velocity was last scaled by a learning rate of 0 (its
         buffer cannot be recovered).
     """
-    parts = list(_states(state))
-    for i, inner in enumerate(parts):
-        if isinstance(inner, SutskeverTraceState):
-            started_at_zero = inner.initialized & (inner.learning_rate == 0)
-            if not isinstance(started_at_zero, jax.core.Tracer) and bool(started_at_zero.any()):
-                raise ValueError(
-                    "sutskever_to_pytorch: a velocity was last updated with learning rate 0, "
-                    "so v = -lr * buf holds no trace of the buffer; convert at a step with a "
-                    "positive learning rate."
-                )
 
-            def buffer(v: jax.Array, flag: jax.Array, lr: jax.Array) -> jax.Array:
-                lr = lr.astype(v.dtype)
-                return jnp.where(flag, -v / jnp.where(flag, lr, 1), 0).astype(v.dtype)
-
-            trace_state = TraceState(
-                momentum_buffer=jax.tree.map(
-                    buffer,
-                    inner.velocity,
-                    _tree.per_leaf(inner.initialized, inner.velocity, "momentum flags"),
-                    _tree.per_leaf(inner.learning_rate, inner.velocity, "learning rates"),
-                ),
-                initialized=inner.initialized,
+    def convert(sgd_state: SGDState) -> SGDState:
+        inner = sgd_state.momentum
+        if not isinstance(inner, SutskeverTraceState):
+            raise ValueError(
+                "sutskever_to_pytorch expects the state of sgd(..., convention='sutskever') "
+                f"with momentum (a SutskeverTraceState); this one holds {type(inner).__name__}:"
+                " without momentum both conventions share one state and nothing needs "
+                "converting."
             )
-            scale_state = ScaleByLearningRateState(count=inner.count)
-            return (*parts[:i], trace_state, scale_state, *parts[i + 1 :])
-    raise ValueError(
-        "sutskever_to_pytorch expects the state of sgd(..., convention='sutskever') with "
-        "momentum (a SutskeverTraceState); without momentum both conventions share one "
-        "state and nothing needs converting."
-    )
+        started_at_zero = inner.initialized & (inner.learning_rate == 0)
+        if not isinstance(started_at_zero, jax.core.Tracer) and bool(started_at_zero.any()):
+            raise ValueError(
+                "sutskever_to_pytorch: a velocity was last updated with learning rate 0, "
+                "so v = -lr * buf holds no trace of the buffer; convert at a step with a "
+                "positive learning rate."
+            )
+
+        def buffer(v: jax.Array, flag: jax.Array, lr: jax.Array) -> jax.Array:
+            lr = lr.astype(v.dtype)
+            return jnp.where(flag, -v / jnp.where(flag, lr, 1), 0).astype(v.dtype)
+
+        trace_state = TraceState(
+            momentum_buffer=jax.tree.map(
+                buffer,
+                inner.velocity,
+                _tree.per_leaf(inner.initialized, inner.velocity, "momentum flags"),
+                _tree.per_leaf(inner.learning_rate, inner.velocity, "learning rates"),
+            ),
+            initialized=inner.initialized,
+        )
+        schedule = (
+            EmptyState()
+            if _hyperparams.check_learning_rate(learning_rate) is not None
+            else ScaleByLearningRateState(count=inner.count)
+        )
+        return sgd_state._replace(momentum=trace_state, learning_rate=schedule)
+
+    return _sgd_state.replace(_states(state, "sutskever_to_pytorch"), convert)
 
 
-def _states(state: OptState) -> Iterator[Any]:
+def _states(state: OptState, who: str) -> OptState:
+    """``state``, checked to hold sgd states outside any hyperparameter wrapper."""
     if isinstance(state, InjectHyperparamsState | ParamGroupsState):
         raise TypeError(
-            f"Expected the chain state of sgdx.sgd(...), got an {type(state).__name__}: convert "
-            "the sgd state inside it, e.g. state._replace(inner_state=conventions."
+            f"{who}: expected the state of sgdx.sgd(...), got an {type(state).__name__}: "
+            "convert the sgd state inside it, e.g. state._replace(inner_state=conventions."
             "pytorch_to_sutskever(state.inner_state, state.hyperparams['learning_rate'])) for "
             "inject_hyperparams (each group's for param_groups), and build the optimizer again "
             "with the other convention."
         )
-    if not isinstance(state, tuple) or isinstance(state, TraceState | SutskeverTraceState):
+    if not _sgd_state.states(state):
         raise TypeError(
-            f"Expected the chain state of sgdx.sgd(...) (a tuple of states), got "
-            f"{type(state).__name__}."
+            f"{who}: expected the state of sgdx.sgd(...) (an SGDState), got "
+            f"{type(state).__name__}. {_tree.made_by(state)}"
         )
-    yield from state
+    return state
 
 
 def compare(

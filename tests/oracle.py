@@ -116,18 +116,14 @@ def sgdx_optimizer(kwargs: dict[str, Any], lrs: Sequence[float], **extra: Any):
 
 
 def momentum_buffers(state: Any) -> dict[str, np.ndarray]:
-    """The PyTorch-convention momentum buffers inside an sgdx chain state, NaN where torch
-    has none (no momentum in the chain, or a buffer that has not had a gradient yet)."""
-    trace = next((inner for inner in state if isinstance(inner, sgdx.TraceState)), None)
-    if trace is None:
+    """The PyTorch-convention momentum buffers inside an sgdx state (however wrapped), by
+    parameter name, for the buffers torch holds (none without momentum, none for a buffer
+    that has not had a gradient yet)."""
+    try:
+        buffers = sgdx.momentum_buffers(state)
+    except ValueError:  # no PyTorch-convention momentum
         return {}
-    started = iter(sgdx.momentum_buffers(state).values())  # in leaf order
-
-    def buffer(b: jax.Array) -> np.ndarray:
-        ours = next(started)
-        return np.full(b.shape, np.nan, b.dtype) if ours is None else np.asarray(ours)
-
-    return jax.tree.map(buffer, trace.momentum_buffer)
+    return {name: np.asarray(b) for name, b in buffers.items() if b is not None}
 
 
 def run_sgdx(

@@ -16,7 +16,8 @@ def test_chain_applies_in_order_and_keeps_one_state_per_transform():
     assert isinstance(state, tuple) and len(state) == 3
     updates, state = tx.update(jnp.asarray([1.0, 2.0]), state, params)
     chex.assert_trees_all_close(updates, jnp.asarray([0.1, 0.2]))
-    chex.assert_trees_all_close(state[1].momentum_buffer, jnp.asarray([-1.0, -2.0]))
+    _, trace_state, _ = state
+    chex.assert_trees_all_close(trace_state.momentum_buffer, jnp.asarray([-1.0, -2.0]))
 
 
 def test_chain_forwards_extra_args_only_when_given():

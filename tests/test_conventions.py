@@ -103,7 +103,7 @@ def test_conversion_round_trips(lr):
     """Bitwise when lr is a power of two; otherwise within one rounding of the division."""
     pytorch, _ = pytorch_and_sutskever(lr, momentum=0.9, weight_decay=0.01)
     _, state = steps(pytorch, PARAMS, pytorch.init(PARAMS), gradient_sequence(3))
-    back = conventions.sutskever_to_pytorch(conventions.pytorch_to_sutskever(state, lr))
+    back = conventions.sutskever_to_pytorch(conventions.pytorch_to_sutskever(state, lr), lr)
     assert jax.tree.structure(back) == jax.tree.structure(state)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state), strict=True):
         if lr == 0.25:
@@ -123,7 +123,7 @@ def test_switching_convention_mid_run_continues_the_trajectory(nesterov):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13), switched, reference)
 
     halfway, state = steps(sutskever, PARAMS, sutskever.init(PARAMS), grads[:5])
-    switched, _ = steps(pytorch, halfway, conventions.sutskever_to_pytorch(state), grads[5:])
+    switched, _ = steps(pytorch, halfway, conventions.sutskever_to_pytorch(state, lr), grads[5:])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13), switched, reference)
 
 
@@ -132,14 +132,14 @@ def test_conversion_keeps_unstarted_buffers_and_rejects_other_states():
     grads = {"w": jnp.ones((3, 2), jnp.float64), "b": None}
     _, state = steps(pytorch, PARAMS, pytorch.init(PARAMS), [grads])
     converted = conventions.pytorch_to_sutskever(state, 0.1)
-    assert converted[1].initialized.tolist() == [False, True]  # leaves "b", "w"
-    np.testing.assert_array_equal(converted[1].velocity["w"], -0.1 * np.ones((3, 2)))
+    assert converted.momentum.initialized.tolist() == [False, True]  # leaves "b", "w"
+    np.testing.assert_array_equal(converted.momentum.velocity["w"], -0.1 * np.ones((3, 2)))
     with pytest.raises(ValueError, match=r"convention='pytorch'\) with momentum"):
         conventions.pytorch_to_sutskever(sgdx.sgd(0.1).init(PARAMS), 0.1)
     with pytest.raises(ValueError, match=r"convention='sutskever'\) with momentum"):
-        conventions.sutskever_to_pytorch(state)
-    with pytest.raises(TypeError, match="chain state"):
-        conventions.sutskever_to_pytorch(state[1])
+        conventions.sutskever_to_pytorch(state, 0.1)
+    with pytest.raises(TypeError, match="expected the state of sgdx.sgd"):
+        conventions.sutskever_to_pytorch(state.momentum, 0.1)
 
 
 def closed_form(lrs, grad, momentum):

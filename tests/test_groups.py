@@ -116,8 +116,7 @@ def test_param_groups_match_torch_at_every_step(dtype):
         for m in SHAPES:
             for n in SHAPES[m]:
                 np.testing.assert_allclose(params[m][n], torch_params[m][n], rtol=rtol, atol=rtol)
-                group = state.groups[labels[m][n]].inner_state
-                buffer = next(s for s in group if isinstance(s, sgdx.TraceState)).momentum_buffer
+                buffer = state.groups[labels[m][n]].inner_state.momentum.momentum_buffer
                 np.testing.assert_allclose(buffer[m][n], torch_buffers[m][n], rtol=rtol, atol=rtol)
     assert traces == 1  # set_hyperparams between steps does not retrace
 

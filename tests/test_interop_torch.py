@@ -117,7 +117,7 @@ def test_resume_torch_checkpoint_in_sgdx(named):
     params, state = sgdx_steps(tx, params, state, range(k, k + n))
     assert_params_equal(params, reference)
     for label, layer in (("first", "fc1"), ("second", "fc2")):
-        trace = state.groups[label].inner_state[1]
+        trace = state.groups[label].inner_state.momentum
         for pname in ("weight", "bias"):
             buffer = reference_opt.state[getattr(getattr(reference, layer), pname)][
                 "momentum_buffer"

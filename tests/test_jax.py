@@ -100,7 +100,7 @@ def test_init_compiles_nothing_per_leaf_and_places_state_like_params(convention)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []
-    buffers = state[1].momentum_buffer if convention == "pytorch" else state[1].velocity
+    buffers = state.momentum.momentum_buffer if convention == "pytorch" else state.momentum.velocity
     expected = jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params)
     chex.assert_trees_all_equal(buffers, expected)
     chex.assert_trees_all_equal_shapes_and_dtypes(buffers, params)
@@ -164,7 +164,7 @@ def test_bfloat16_parameters_keep_their_dtype(convention):
         tx32 = sgdx.sgd(0.1, 0.9, weight_decay=0.01, convention=convention)
         p, p32 = params, reference
         state, state32 = tx.init(p), tx32.init(p32)
-        buffers = jax.tree.leaves(state[1][0])
+        buffers = jax.tree.leaves(state.momentum[0])
         assert all(b.dtype == (accumulator_dtype or jnp.bfloat16) for b in buffers)
         for _ in range(5):
             updates, state = tx.update(quadratic_grad(p), state, p)
@@ -234,4 +234,4 @@ def test_init_of_an_empty_tree_inside_jit_under_a_mesh():
     mesh = jax.make_mesh((1,), ("x",))
     with jax.set_mesh(mesh):
         state = jax.jit(sgdx.sgd(0.1, momentum=0.9).init)({})
-    assert state[1].initialized.shape == (0,)
+    assert state.momentum.initialized.shape == (0,)

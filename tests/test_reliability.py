@@ -41,7 +41,7 @@ def test_nan_and_inf_propagate_exactly_as_in_torch():
         params = sgdx.apply_updates(params, updates)
         for k, t in tensors.items():
             np.testing.assert_allclose(params[k], t.numpy(), rtol=1e-12, equal_nan=True)
-            buffer = state[1].momentum_buffer[k]
+            buffer = state.momentum.momentum_buffer[k]
             np.testing.assert_allclose(
                 buffer, opt.state[t]["momentum_buffer"].numpy(), rtol=1e-12, equal_nan=True
             )

@@ -120,7 +120,7 @@ def test_scale_by_learning_rate_schedule_sees_updates_applied():
 
 
 def test_count_saturates_instead_of_wrapping():
-    tx = sgdx.scale_by_learning_rate(0.1)
+    tx = sgdx.scale_by_learning_rate(lambda count: 0.1)
     state = sgdx.ScaleByLearningRateState(count=jnp.asarray(np.iinfo(np.int32).max, jnp.int32))
     _, state = tx.update(jnp.ones(1), state)
     assert int(state.count) == np.iinfo(np.int32).max
@@ -130,3 +130,12 @@ def test_count_saturates_instead_of_wrapping():
 def test_learning_rate_forms(lr):
     updates, _ = run(sgdx.scale_by_learning_rate(lr), [2.0])
     np.testing.assert_allclose(updates, [-0.2], rtol=1e-7)
+
+
+def test_a_fixed_learning_rate_keeps_no_count_and_a_schedule_one():
+    """As optax's scale / scale_by_schedule: the count is the schedule's, so a wrapper that
+    schedules (inject_hyperparams) holds the only one."""
+    params = jnp.zeros(1)
+    assert sgdx.scale_by_learning_rate(0.1).init(params) == sgdx.EmptyState()
+    state = sgdx.scale_by_learning_rate(lambda count: 0.1).init(params)
+    assert isinstance(state, sgdx.ScaleByLearningRateState) and int(state.count) == 0

@@ -35,10 +35,9 @@ from sgdx import schedules as _schedules
 from sgdx._base import GradientTransformation, Params, Schedule
 from sgdx._groups import ParamGroupsState, groups_of, membership, param_groups
 from sgdx._inject import InjectHyperparamsState
-from sgdx._layout import dotted, momentum_buffers
 from sgdx._momentum import TraceState
 from sgdx._plateau import ReduceLROnPlateau, ReduceLROnPlateauState, reduce_lr_on_plateau
-from sgdx._transforms import ScaleByLearningRateState
+from sgdx._sgd_state import SGDState, dotted, momentum_buffers
 
 __all__ = [
     "TorchCheckpoint",
@@ -113,11 +112,11 @@ def _members(state: State, n_leaves: int) -> dict[str | None, list[int]]:
     return {None: list(range(n_leaves))}
 
 
-def _trace(group: InjectHyperparamsState) -> tuple[int, TraceState] | None:
-    for i, inner in enumerate(group.inner_state):
-        if isinstance(inner, TraceState):
-            return i, inner
-    return None
+def _trace(group: InjectHyperparamsState) -> TraceState | None:
+    """The group's PyTorch momentum state, or ``None`` without momentum."""
+    inner = group.inner_state
+    momentum = inner.momentum if isinstance(inner, SGDState) else None
+    return momentum if isinstance(momentum, TraceState) else None
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:
@@ -273,10 +272,9 @@ def load_state_dict(
             )
         group = groups[label]
         _check_group(i, torch_group, group, label, nesterov, maximize)
-        inner = list(group.inner_state)
-        found = _trace(group)
-        if found is not None:
-            position, trace = found
+        inner = group.inner_state
+        trace = _trace(group)
+        if trace is not None:
             buffer_leaves, treedef = jax.tree.flatten(
                 trace.momentum_buffer, is_leaf=lambda x: x is None
             )
@@ -299,9 +297,11 @@ def load_state_dict(
                     )
                 buffer_leaves[leaf] = jnp.asarray(value, buffer_leaves[leaf].dtype)
                 flag_leaves[leaf] = jnp.ones((), jnp.bool_)
-            inner[position] = TraceState(
-                jax.tree.unflatten(treedef, buffer_leaves),
-                _tree.stack(jax.tree.unflatten(treedef, flag_leaves), jnp.bool_),
+            inner = inner._replace(
+                momentum=TraceState(
+                    jax.tree.unflatten(treedef, buffer_leaves),
+                    _tree.stack(jax.tree.unflatten(treedef, flag_leaves), jnp.bool_),
+                )
             )
         hyperparams = {
             ours: jnp.asarray(float(torch_group[theirs]), group.hyperparams[ours].dtype)
@@ -309,11 +309,7 @@ def load_state_dict(
             if ours in group.hyperparams
         }
         group_count = group.count if count is None else jnp.asarray(count, jnp.int32)
-        inner = [
-            s._replace(count=group_count) if isinstance(s, ScaleByLearningRateState) else s
-            for s in inner
-        ]
-        new_groups[label] = InjectHyperparamsState(group_count, hyperparams, tuple(inner))
+        new_groups[label] = InjectHyperparamsState(group_count, hyperparams, inner)
     if isinstance(state, ParamGroupsState):
         return state._replace(groups={str(k): v for k, v in new_groups.items()})
     return new_groups[None]

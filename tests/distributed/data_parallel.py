@@ -115,7 +115,7 @@ def zero1(mesh):
     for _ in range(STEPS):
         params, state = step(params, state, x, y)
         jax.block_until_ready(params)  # simulated devices: one step in flight
-    buffer = state[1].momentum_buffer["w1"]
+    buffer = state.momentum.momentum_buffer["w1"]
     shard_rows = {s.data.shape[0] for s in buffer.addressable_shards}
     return params, {
         "buffer_shard_rows": sorted(shard_rows),
@@ -137,7 +137,7 @@ def fused_sharded():
     for _ in range(STEPS):
         params, state = step(params, state, X, Y)
         jax.block_until_ready(params)  # simulated devices: one step in flight
-    arrays = [*jax.tree.leaves(params), *jax.tree.leaves(state[1].momentum_buffer)]
+    arrays = [*jax.tree.leaves(params), *jax.tree.leaves(state.momentum.momentum_buffer)]
     return params, all(a.sharding.is_equivalent_to(rows, a.ndim) for a in arrays)
 
 

@@ -47,7 +47,7 @@ def report(step, params, state, place_grads, want):
     for g in grads:
         params, state = step(params, g, state)
     diff = max(float(np.max(np.abs(np.asarray(params[k]) - v))) for k, v in expected().items())
-    buffers = state[1].momentum_buffer
+    buffers = state.momentum.momentum_buffer
     keep = all(
         params[k].sharding.is_equivalent_to(want("params", k), params[k].ndim)
         and buffers[k].sharding.is_equivalent_to(want("buffers", k), buffers[k].ndim)
