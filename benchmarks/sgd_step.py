@@ -18,9 +18,11 @@ per element) measured in the same process; "ideal step" is 20 bytes per paramete
 bandwidth. Results are printed and written as JSON (``--out``).
 
 The sgdx variants: ``sgdx_fused`` is ``sgdx.step(sgdx.sgd(...), ...)`` (one in-place pass of
-the native kernel), ``sgdx_update`` ``update`` + ``apply_updates`` of
-``sgdx.sgd(..., fused=True)`` (the kernel computes the updates and buffers), ``sgdx`` the
-same with ``fused=False`` (the pure-JAX path, also what ``update`` runs by default).
+the native kernel), ``sgdx`` ``update`` + ``apply_updates`` (the pure-JAX path).
+``sgdx_from_torch`` is ``sgdx.step`` on the run ``from_torch`` hands over from a torch
+optimizer with torchvision's two groups (weight decay on the weights, none on the 1-D
+parameters) and a ``StepLR`` scheduler, against ``torch_fused_groups``, that torch optimizer
+with ``fused=True``.
 
 A sample is ``--steps-per-sample`` steps issued back to back, then one wait (default 1 on
 CPU, 20 on a GPU, where a step is shorter than a host round trip). ``sgdx_fused_flat`` is
@@ -52,12 +54,13 @@ IN_JIT_STEPS = 10
 VARIANTS = (
     "sgdx_fused",
     "sgdx_fused_flat",
-    "sgdx_update",
+    "sgdx_from_torch",
     "sgdx",
     "sgdx_in_jit",
     "sgdx_fused_in_jit",
     "optax",
     "torch_fused",
+    "torch_fused_groups",
     "torch_foreach",
     "torch_single",
     "jax_floor",
@@ -118,23 +121,63 @@ def many_leaves_shapes() -> list[tuple[int, ...]]:
 MODELS = {"gpt2": gpt2_shapes, "resnet50": resnet50_shapes, "many_leaves": many_leaves_shapes}
 
 
+def torch_groups(params: list) -> list[dict]:
+    """torchvision's classification recipe's groups: decay on weights, none on 1-D ones."""
+    return [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": WEIGHT_DECAY},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
 def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: int):
     """Returns (sample, compile_seconds, steps_per_sample): ``sample()`` runs that many
     optimizer steps (``steps``; at least ``IN_JIT_STEPS`` for the in-jit variants), then
     waits for them."""
-    if name.startswith("torch"):
+    if name.startswith("torch") or name == "sgdx_from_torch":
         import torch
 
         where = "cuda" if device == "gpu" else "cpu"
         params = [torch.full(s, 0.1, device=where) for s in shapes]  # no host copies
         for p in params:
             p.grad = torch.full(p.shape, 0.01, device=where)
-        flags = {"torch_fused": {"fused": True}, "torch_foreach": {"foreach": True},
-                 "torch_single": {"foreach": False}}[name]  # fmt: skip
+        flags = {"torch_foreach": {"foreach": True}, "torch_single": {"foreach": False}}.get(
+            name, {"fused": True}
+        )
+        groups = torch_groups(params) if name in ("torch_fused_groups", "sgdx_from_torch") else None
         opt = torch.optim.SGD(
-            params, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY, **flags
+            groups or params,
+            lr=LR,
+            momentum=MOMENTUM,
+            nesterov=True,
+            weight_decay=WEIGHT_DECAY,
+            **flags,
         )
         opt.step()  # creates the momentum buffers
+    if name == "sgdx_from_torch":
+        import jax
+
+        import sgdx
+        from sgdx.interop.torch import from_torch
+
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.1)
+        run = from_torch(opt, [(f"p{i}", p) for i, p in enumerate(params)], scheduler)
+        grads = {
+            f"p{i}": jax.device_put(np.full(s, 0.01, np.float32)) for i, s in enumerate(shapes)
+        }
+        holder = {"p": run.params, "s": run.state}
+        start = time.perf_counter()
+        step = jax.jit(sgdx.step, static_argnums=0, donate_argnums=(1, 3))
+        compiled = step.lower(run.tx, holder["p"], grads, holder["s"]).compile()
+        compile_seconds = time.perf_counter() - start
+
+        def from_torch_sample():
+            for _ in range(steps):
+                holder["p"], holder["s"] = compiled(holder["p"], grads, holder["s"])
+            jax.block_until_ready(holder["p"])
+
+        from_torch_sample()
+        return from_torch_sample, compile_seconds, steps
+    if name.startswith("torch"):
 
         def torch_sample():
             for _ in range(steps):
@@ -167,9 +210,7 @@ def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: i
     else:
         import sgdx
 
-        # sgdx and sgdx_in_jit: the pure-JAX path; sgdx_update: the kernel in update
-        fused = {"sgdx": False, "sgdx_in_jit": False, "sgdx_update": True}.get(name)
-        tx = sgdx.sgd(LR, MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True, fused=fused)
+        tx = sgdx.sgd(LR, MOMENTUM, weight_decay=WEIGHT_DECAY, nesterov=True)
         apply = sgdx.apply_updates
 
     def one_step(p, s, g):

@@ -34,7 +34,7 @@ def zero1_state_sharding(state: Any, mesh: Mesh, axis: str = "data") -> Any:
       >>> mesh = jax.make_mesh((1,), ("data",))
       >>> tx = sgdx.sgd(0.1, momentum=0.9)
       >>> shapes = jax.eval_shape(tx.init, {"w": jnp.zeros((8, 3))})
-      >>> spec = sgdx.sharding.zero1_state_sharding(shapes, mesh)[1].momentum_buffer["w"].spec
+      >>> spec = sgdx.sharding.zero1_state_sharding(shapes, mesh).momentum.momentum_buffer["w"].spec
       >>> spec == jax.sharding.PartitionSpec("data", None)
       True
     """

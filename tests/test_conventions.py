@@ -138,7 +138,7 @@ def test_conversion_keeps_unstarted_buffers_and_rejects_other_states():
         conventions.pytorch_to_sutskever(sgdx.sgd(0.1).init(PARAMS), 0.1)
     with pytest.raises(ValueError, match=r"convention='sutskever'\) with momentum"):
         conventions.sutskever_to_pytorch(state, 0.1)
-    with pytest.raises(TypeError, match="expected the state of sgdx.sgd"):
+    with pytest.raises(TypeError, match=r"expected the state of sgdx\.sgd"):
         conventions.sutskever_to_pytorch(state.momentum, 0.1)
 
 

@@ -170,6 +170,99 @@ def test_equinox_filter_loop_with_non_array_leaves():
     np.testing.assert_allclose(model.b, REFERENCE["b"], rtol=1e-12, atol=1e-15)
 
 
+def kernel_in(fn, *args):
+    return "sgdx_sgd_step" in str(jax.make_jaxpr(fn)(*args))
+
+
+def test_flax_train_state_with_the_in_place_step():
+    """TrainState's apply_gradients replaced by sgdx.step: the kernel, the same numbers."""
+    train_state = pytest.importorskip("flax.training.train_state")
+    state = train_state.TrainState.create(apply_fn=None, params=INIT, tx=sgdx.sgd(0.05, **HYPER))
+
+    @jax.jit
+    def train_step(state):
+        grads = jax.grad(loss_fn)(state.params)
+        params, opt_state = sgdx.step(state.tx, state.params, grads, state.opt_state)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+
+    assert kernel_in(train_step, state)
+    for _ in range(STEPS):
+        state = train_step(state)
+    chex.assert_trees_all_close(state.params, REFERENCE, rtol=1e-12)
+
+
+def test_flax_nnx_with_the_in_place_step():
+    nnx = pytest.importorskip("flax.nnx")
+
+    class Linear(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(INIT["w"])
+            self.b = nnx.Param(INIT["b"])
+
+        def __call__(self, x):
+            return x @ self.w[...] + self.b[...][None]
+
+    model = Linear()
+    tx = sgdx.sgd(0.05, **HYPER)
+    opt_state = tx.init(nnx.state(model, nnx.Param))
+
+    @nnx.jit
+    def train_step(model, opt_state):
+        grads = nnx.grad(lambda m: jnp.mean((m(X) - Y) ** 2))(model)
+        params, opt_state = sgdx.step(tx, nnx.state(model, nnx.Param), grads, opt_state)
+        nnx.update(model, params)
+        return opt_state
+
+    for _ in range(STEPS):
+        opt_state = train_step(model, opt_state)
+    np.testing.assert_allclose(model.w[...], REFERENCE["w"], rtol=1e-12)
+    np.testing.assert_allclose(model.b[...], REFERENCE["b"], rtol=1e-12, atol=1e-15)
+
+
+def test_equinox_with_the_in_place_step():
+    eqx = pytest.importorskip("equinox")
+
+    class Model(eqx.Module):
+        w: jax.Array
+        b: jax.Array
+        activation: object = eqx.field(static=False, default=lambda z: z)
+
+        def __call__(self, x):
+            return self.activation(x @ self.w + self.b[None])
+
+    model = Model(INIT["w"], INIT["b"])
+    tx = sgdx.sgd(0.05, **HYPER)
+    state = tx.init(eqx.filter(model, eqx.is_array))
+
+    @eqx.filter_jit
+    def train_step(model, state):
+        grads = eqx.filter_grad(lambda m: jnp.mean((m(X) - Y) ** 2))(model)
+        params, state = sgdx.step(tx, eqx.filter(model, eqx.is_array), grads, state)
+        return eqx.combine(params, model), state
+
+    params = eqx.filter(model, eqx.is_array)
+    grads = jax.tree.map(jnp.ones_like, params)
+    assert kernel_in(lambda p, g, s: sgdx.step(tx, p, g, s), params, grads, state)
+    for _ in range(STEPS):
+        model, state = train_step(model, state)
+    np.testing.assert_allclose(model.w, REFERENCE["w"], rtol=1e-12)
+    np.testing.assert_allclose(model.b, REFERENCE["b"], rtol=1e-12, atol=1e-15)
+
+
+def test_optax_tree_get_finds_the_one_count_of_an_injected_sgd():
+    """optax.tree_utils.tree_get(state, "count"), as for optax.sgd: one count, the
+    wrapper's (sgd's fixed learning rate keeps none)."""
+    params = {"w": jnp.ones(2)}
+    for injected in (sgdx.inject_hyperparams(sgdx.sgd), optax.inject_hyperparams(sgdx.sgd)):
+        tx = injected(learning_rate=0.1, momentum=0.9)
+        state = tx.init(params)
+        for _ in range(3):
+            _, state = tx.update({"w": jnp.ones(2)}, state, params)
+        assert int(optax.tree_utils.tree_get(state, "count")) == 3
+    theirs = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
+    assert int(optax.tree_utils.tree_get(theirs.init(params), "count")) == 0
+
+
 ORBAX_SCRIPT = textwrap.dedent(
     """
     import sys

@@ -384,7 +384,7 @@ def test_a_from_torch_run_steps_with_the_kernel_and_donates_its_state():
 
     def torch_step():
         optimizer.zero_grad()
-        model(data).pow(2).sum().backward()
+        model(data).pow(2).mean().backward()
         optimizer.step()
         scheduler.step()
 
@@ -398,7 +398,7 @@ def test_a_from_torch_run_steps_with_the_kernel_and_donates_its_state():
             for name, p in model.named_parameters():
                 p.copy_(torch.from_numpy(np.array(params[name])))
         model.zero_grad()
-        model(data).pow(2).sum().backward()
+        model(data).pow(2).mean().backward()
         return {n: jnp.asarray(p.grad.numpy()) for n, p in model.named_parameters()}
 
     text = jax.jit(sgdx.step, static_argnums=0).lower(run.tx, params, params, state).as_text()

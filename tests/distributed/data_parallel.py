@@ -144,7 +144,7 @@ def fused_sharded():
 def eager_init_layout(mesh):
     """Eager ``init`` of row-sharded parameters: zero buffers sharded as the parameters."""
     params = jax.device_put(PARAMS, NamedSharding(mesh, P("data")))
-    buffers = tx.init(params)[1].momentum_buffer
+    buffers = tx.init(params).momentum.momentum_buffer
     pairs = list(zip(jax.tree.leaves(buffers), jax.tree.leaves(params), strict=True))
     return {
         "same_sharding": all(b.sharding == p.sharding for b, p in pairs),

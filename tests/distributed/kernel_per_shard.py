@@ -83,18 +83,6 @@ def layouts(mesh):
             step, params, kernel.init(params), lambda g, s=sharding: placed(g, s),
             lambda *_, s=sharding: s,
         )  # fmt: skip
-    # the standard update with the kernel in it (fused=True), then apply_updates
-    in_update = sgdx.sgd(0.1, momentum=0.9, nesterov=True, weight_decay=1e-3, fused=True)
-
-    def update_then_apply(p, g, s):
-        updates, s = in_update.update(g, s, p)
-        return sgdx.apply_updates(p, updates), s
-
-    params = placed(PARAMS, rows)
-    out["rows_update"] = report(
-        jax.jit(update_then_apply, donate_argnums=(0, 2)), params, in_update.init(params),
-        lambda g: placed(g, rows), lambda *_: rows,
-    )  # fmt: skip
     if mesh.axis_types[0] == jax.sharding.AxisType.Auto:  # Explicit: a sharding type error
         # params sharded by rows, gradients replicated (as a replicated loss gives them)
         params = placed(PARAMS, rows)
@@ -117,8 +105,9 @@ def layouts(mesh):
     params = placed(PARAMS, rows)
     state = kernel.init(params)
     state_specs = jax.tree.map(lambda _: P(), state)
-    trace = state_specs[1]._replace(momentum_buffer={k: P("data") for k in PARAMS})
-    state_specs = (state_specs[0], trace, *state_specs[2:])
+    state_specs = state_specs._replace(
+        momentum=state_specs.momentum._replace(momentum_buffer={k: P("data") for k in PARAMS})
+    )
     mapped = jax.jit(
         jax.shard_map(
             lambda p, g, s: sgdx.step(kernel, p, g, s), mesh=mesh,
