@@ -41,7 +41,7 @@ def _call(hyper: jax.Array, flags: jax.Array, *leaves: jax.Array, **attrs: Any) 
         tuple(jax.typeof(x) for x in (*leaves[:n], *leaves[2 * n :])),
         input_output_aliases=aliases,
     )
-    return call(hyper, flags, *leaves, apply=True, **attrs)
+    return call(hyper, flags, *leaves, **attrs)
 
 
 def _per_shard(hyper: jax.Array, flags: jax.Array, *leaves: jax.Array, **attrs: Any) -> Any:

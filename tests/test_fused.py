@@ -413,3 +413,15 @@ def test_a_from_torch_run_steps_with_the_kernel_and_donates_its_state():
         for name in names:
             scale = np.abs(want[name]).max()  # float32: 1e-6 of the largest value reached
             np.testing.assert_allclose(params[name], want[name], rtol=0, atol=1e-6 * scale)
+
+
+def test_the_private_jax_registry_the_kernel_needs_is_there():
+    """Sharded steps partition the kernel with custom_partitioning, which needs the devices
+    at lowering: JAX gives them only to primitives in a private registry. When JAX moves it,
+    this fails (and importing sgdx warns that multi-device steps run the pure-JAX path)."""
+    from jax._src import dispatch
+
+    from sgdx import _kernel_primitive
+
+    assert _kernel_primitive.DEVICES_DURING_LOWERING
+    assert _kernel_primitive._step_p in dispatch.prim_requires_devices_during_lowering

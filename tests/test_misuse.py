@@ -166,7 +166,7 @@ def test_an_optax_state_passed_to_sgdx_says_whose_it_is():
     tx = sgdx.trace(0.9)
     with pytest.raises(TypeError, match=r"expected sgdx's TraceState, got optax.*TraceState"):
         tx.update(GRADS, optax.trace(0.9).init(PARAMS))
-    with pytest.raises(TypeError, match=r"expected sgdx's SGDState.*holds optax\.TraceState"):
+    with pytest.raises(TypeError, match=r"expected sgdx's SGDState.*holds optax.*TraceState"):
         sgdx.sgd(0.1, 0.9).update(GRADS, optax.sgd(0.1, 0.9).init(PARAMS), PARAMS)
 
 

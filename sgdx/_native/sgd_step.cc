@@ -6,11 +6,11 @@
 //   b = initialized ? momentum * b + (1 - dampening) * g : g   (momentum != 0)
 //   g = nesterov ? g + momentum * b : b                        (momentum != 0)
 //   p = p + (-lr) * g
-// Inputs: hyper = [lr, momentum, dampening, weight_decay] (leaf dtype), flags (bool: has a
-// leaf's buffer started; leaf i's is flags[offset + i], so that every call of a tree takes the
-// same array and XLA slices nothing), then n params, n grads, n buffers. Outputs: with apply,
-// n params and n buffers (aliased to the inputs: the step in place); without, n updates
-// (-lr * d, for apply_updates) and n buffers (aliased). Every leaf is an operand of its own, so
+// Inputs: hyper = [lr, momentum, dampening, weight_decay] (leaf dtype; the order of
+// sgdx._sgd_state.HYPERPARAMETERS), flags (bool: has a leaf's buffer started; leaf i's is
+// flags[offset + i], so that every call of a tree takes the same array and XLA slices
+// nothing), then n params, n grads, n buffers. Outputs: n params and n buffers (aliased to the
+// inputs: the step in place). Every leaf is an operand of its own, so
 // that XLA emits no code around the call. The tree is cut into parts by element count, which
 // XLA's intra-op threads and the calling thread share (no thread is started per call).
 //
@@ -38,7 +38,7 @@ namespace {
 template <typename T>
 struct Leaf {
   const T* p;  // the parameter (read)
-  T* out;      // where the result goes: the parameter itself (apply), or the update
+  T* out;      // where the new parameter goes: the parameter itself when donated
   const T* g;
   T* b;
   int64_t size;
@@ -46,10 +46,8 @@ struct Leaf {
 };
 
 // One loop per combination of the flags, so that the compiler sees a branch-free body and
-// vectorizes it. kApply: out = p - lr * d (the step, in place); else out = -lr * d (the
-// update that apply_updates adds).
-template <typename T, bool kApply, bool kMaximize, bool kDecay, bool kMomentum, bool kNesterov,
-          bool kStarted>
+// vectorizes it: out = p - lr * d.
+template <typename T, bool kMaximize, bool kDecay, bool kMomentum, bool kNesterov, bool kStarted>
 SGDX_CLONES void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum,
                              T keep, T wd) {
   const T* p = leaf.p;
@@ -65,18 +63,14 @@ SGDX_CLONES void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, T 
       b[i] = buf;
       d = kNesterov ? d + momentum * buf : buf;
     }
-    if constexpr (kApply) {
-      out[i] = p[i] + neg_lr * d;
-    } else {
-      out[i] = neg_lr * d;
-    }
+    out[i] = p[i] + neg_lr * d;
   }
 }
 
 template <typename T, bool... kFlags>
 void Dispatch(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep, T wd,
               const bool* flags) {
-  if constexpr (sizeof...(kFlags) == 6) {
+  if constexpr (sizeof...(kFlags) == 5) {
     UpdateRange<T, kFlags...>(leaf, begin, end, lr, momentum, keep, wd);
   } else if (flags[sizeof...(kFlags)]) {
     Dispatch<T, kFlags..., true>(leaf, begin, end, lr, momentum, keep, wd, flags);
@@ -87,9 +81,8 @@ void Dispatch(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum,
 
 template <typename T>
 void Update(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep, T wd,
-            bool apply, bool nesterov, bool maximize) {
-  const bool flags[6] = {apply, maximize, wd != T(0), momentum != T(0), nesterov,
-                         leaf.initialized};
+            bool nesterov, bool maximize) {
+  const bool flags[5] = {maximize, wd != T(0), momentum != T(0), nesterov, leaf.initialized};
   Dispatch<T>(leaf, begin, end, lr, momentum, keep, wd, flags);
 }
 
@@ -101,7 +94,7 @@ struct Pass {
   std::vector<Leaf<T>> leaves;
   int64_t total = 0, parts = 1;
   T lr, momentum, keep, wd;
-  bool apply, nesterov, maximize;
+  bool nesterov, maximize;
   std::atomic<int64_t> next{0}, done{0};
 
   void Run() {
@@ -112,8 +105,7 @@ struct Pass {
       for (const Leaf<T>& leaf : leaves) {
         const int64_t begin = std::max(lo, offset), end = std::min(hi, offset + leaf.size);
         if (begin < end) {
-          Update(leaf, begin - offset, end - offset, lr, momentum, keep, wd, apply, nesterov,
-                 maximize);
+          Update(leaf, begin - offset, end - offset, lr, momentum, keep, wd, nesterov, maximize);
         }
         offset += leaf.size;
         if (offset >= hi) break;
@@ -125,8 +117,8 @@ struct Pass {
 
 template <ffi::DataType dtype>
 ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi::PRED> flags,
-                ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t offset, bool apply,
-                bool nesterov, bool maximize) {
+                ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t offset, bool nesterov,
+                bool maximize) {
   using T = ffi::NativeType<dtype>;
   const int64_t n = static_cast<int64_t>(args.size()) / 3;
   if (static_cast<int64_t>(args.size()) != 3 * n || static_cast<int64_t>(rets.size()) != 2 * n ||
@@ -138,7 +130,7 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi:
   const bool* initialized = flags.typed_data() + offset;
   auto pass = std::make_shared<Pass<T>>();
   pass->lr = h[0], pass->momentum = h[1], pass->keep = T(1) - h[2], pass->wd = h[3];
-  pass->apply = apply, pass->nesterov = nesterov, pass->maximize = maximize;
+  pass->nesterov = nesterov, pass->maximize = maximize;
   pass->leaves.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
     auto p_in = args.get<ffi::AnyBuffer>(i);
@@ -155,8 +147,8 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi:
     const T* p = reinterpret_cast<const T*>(p_in->untyped_data());
     const int64_t size = static_cast<int64_t>(p_in->element_count());
     // The outputs alias the inputs when the caller donates them; copy when it does not.
-    if (apply && out != p) std::copy_n(p, size, out);
-    if (apply) p = out;
+    if (out != p) std::copy_n(p, size, out);
+    p = out;
     const T* b_old = reinterpret_cast<const T*>(b_in->untyped_data());
     if (b != b_old) std::copy_n(b_old, size, b);
     const T* g = reinterpret_cast<const T*>(g_in->untyped_data());
@@ -186,7 +178,6 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi:
                                     .RemainingArgs()                          \
                                     .RemainingRets()                          \
                                     .Attr<int64_t>("offset")                  \
-                                    .Attr<bool>("apply")                      \
                                     .Attr<bool>("nesterov")                   \
                                     .Attr<bool>("maximize"));
 
