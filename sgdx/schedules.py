@@ -27,6 +27,8 @@ __all__ = [
     "constant_lr",
     "cosine_annealing_lr",
     "cosine_annealing_warm_restarts",
+    "cyclic_lr",
+    "cyclic_momentum",
     "exponential_lr",
     "lambda_lr",
     "linear_lr",
@@ -468,6 +470,126 @@ def one_cycle_momentum(
     base_momentum, max_momentum = float(base_momentum), float(max_momentum)
     values = (max_momentum, base_momentum, max_momentum)
     return _one_cycle_schedule(total_steps, pct_start, three_phase, anneal_strategy, values)
+
+
+CyclicMode = Literal["triangular", "triangular2", "exp_range"]
+
+
+def _cyclic(
+    start: float,
+    peak: float,
+    step_size_up: int,
+    step_size_down: int | None,
+    mode: CyclicMode,
+    gamma: float,
+    scale_fn: Callable[[jax.Array], jax.Array] | None,
+    scale_mode: Literal["cycle", "iterations"],
+) -> Schedule:
+    """CyclicLR's value ``start + (peak - start) * factor * scale`` (torch's ``get_lr``)."""
+    _count(step_size_up, "step_size_up")
+    if step_size_down is not None:
+        _count(step_size_down, "step_size_down")
+    if mode not in ("triangular", "triangular2", "exp_range") and scale_fn is None:
+        raise ValueError("mode is invalid and scale_fn is None")
+    if scale_mode not in ("cycle", "iterations"):
+        raise ValueError(f"scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}.")
+    if scale_fn is None:  # as torch's _init_scale_fn: each mode has its scale_mode
+        scale_mode = "iterations" if mode == "exp_range" else "cycle"
+    up = float(step_size_up)
+    total = up + (float(step_size_down) if step_size_down is not None else up)
+    ratio = up / total
+    height = peak - start
+
+    def value(t: Any, xp: Any) -> Any:
+        cycle = xp.floor(1 + t / total)
+        x = 1.0 + t / total - cycle
+        factor = xp.where(x <= ratio, x / ratio, (x - 1) / (ratio - 1))
+        at = cycle if scale_mode == "cycle" else t
+        scale: Any
+        if scale_fn is not None:
+            scale = scale_fn(at)
+        elif mode == "triangular":
+            scale = 1.0
+        elif mode == "triangular2":
+            scale = 1 / (2.0 ** (at - 1))
+        else:
+            scale = gamma**at
+        return start + height * factor * scale
+
+    if scale_fn is not None:
+        return lambda count: value(_float(count), jnp)
+    periodic = mode == "triangular" and total.is_integer()
+    length = int(total) if periodic else min(_TABLE_LIMIT, 16 * int(total))
+    return _tabulated(
+        lambda count: value(_float(count), jnp),
+        lambda t: value(t, np),
+        length,
+        period=length if periodic else None,
+        constant_after=False,
+    )
+
+
+def cyclic_lr(
+    base_lr: float,
+    max_lr: float,
+    step_size_up: int = 2000,
+    step_size_down: int | None = None,
+    mode: CyclicMode = "triangular",
+    gamma: float = 1.0,
+    scale_fn: Callable[[jax.Array], jax.Array] | None = None,
+    scale_mode: Literal["cycle", "iterations"] = "cycle",
+) -> Schedule:
+    r"""``CyclicLR``'s learning rate: between ``base_lr`` and ``max_lr``, up over
+    ``step_size_up`` updates and down over ``step_size_down`` (default: the same), the
+    height scaled by ``mode``: ``"triangular"`` 1, ``"triangular2"`` :math:`2^{1-c}` in cycle
+    :math:`c`, ``"exp_range"`` :math:`\gamma^t`; or by a JAX-traceable ``scale_fn`` of the
+    cycle or the count (``scale_mode``).
+
+    torch's CyclicLR also cycles momentum by default (``cycle_momentum=True``); pass
+    :func:`cyclic_momentum` as the momentum of ``sgdx.inject_hyperparams(sgdx.sgd)`` for that.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> schedule = schedules.cyclic_lr(0.1, 1.0, step_size_up=2)
+      >>> [round(float(schedule(t)), 4) for t in range(5)]
+      [0.1, 0.55, 1.0, 0.55, 0.1]
+    """
+    base_lr, max_lr = _check(base_lr, max_lr)
+    return _cyclic(base_lr, max_lr, step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode)
+
+
+def cyclic_momentum(
+    base_momentum: float = 0.8,
+    max_momentum: float = 0.9,
+    step_size_up: int = 2000,
+    step_size_down: int | None = None,
+    mode: CyclicMode = "triangular",
+    gamma: float = 1.0,
+    scale_fn: Callable[[jax.Array], jax.Array] | None = None,
+    scale_mode: Literal["cycle", "iterations"] = "cycle",
+) -> Schedule:
+    """``CyclicLR``'s momentum (``cycle_momentum=True``): from ``max_momentum`` down to
+    ``base_momentum`` while the learning rate rises, and back, with :func:`cyclic_lr`'s
+    cycle and scaling.
+
+    Examples:
+      >>> from sgdx import schedules
+      >>> schedule = schedules.cyclic_momentum(0.8, 0.9, step_size_up=2)
+      >>> [round(float(schedule(t)), 4) for t in range(5)]
+      [0.9, 0.85, 0.8, 0.85, 0.9]
+    """
+    for name, value in (("base_momentum", base_momentum), ("max_momentum", max_momentum)):
+        _hyperparams.check_hyperparameter(value, name)
+    return _cyclic(
+        float(max_momentum),
+        float(base_momentum),
+        step_size_up,
+        step_size_down,
+        mode,
+        gamma,
+        scale_fn,
+        scale_mode,
+    )
 
 
 def lambda_lr(base_lr: float, lr_lambda: Callable[[jax.Array], jax.Array]) -> Schedule:

@@ -51,8 +51,8 @@ def test_data_parallel_modes_match_the_single_device_run():
 @pytest.mark.parametrize("partitioner", ["shardy", "gspmd"])
 def test_native_kernel_runs_per_shard_in_every_layout(partitioner):
     """``sgdx.step`` on 8 devices calls the kernel on each device's shards (row-sharded,
-    replicated, ZeRO-1, inside shard_map, on one of the 8), with no collective but ZeRO-1's gather of the parameters, the shardings kept,
-    and the pure-JAX path's numbers."""
+    replicated, ZeRO-1, inside shard_map, on one of the 8), with no collective but ZeRO-1's
+    gather of the parameters, the shardings kept, and the pure-JAX path's numbers."""
     env = environment(8)
     env["JAX_USE_SHARDY_PARTITIONER"] = str(partitioner == "shardy").lower()
     result = subprocess.run(

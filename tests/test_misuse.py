@@ -133,7 +133,7 @@ def test_fused_step_refuses_a_state_of_another_configuration(other):
     params = {"w": jnp.ones(3, jnp.float32)}
     grads = {"w": jnp.ones(3, jnp.float32)}
     fused = sgdx.sgd(0.1, 0.9)
-    with pytest.raises((TypeError, ValueError), match="other options|different optimizer"):
+    with pytest.raises((TypeError, ValueError), match=r"other options|different optimizer"):
         sgdx.step(fused, params, grads, other.init(params))
 
 

@@ -94,6 +94,33 @@ MORE_CASES = {
         ),
         schedules.one_cycle_lr(0.5, STEPS, anneal_strategy="linear", three_phase=True),
     ),
+    "CyclicLR": (
+        torch_scheduler("CyclicLR", base_lr=0.01, max_lr=0.1, step_size_up=7, step_size_down=13),
+        schedules.cyclic_lr(0.01, 0.1, 7, 13),
+    ),
+    "CyclicLR triangular2": (
+        torch_scheduler("CyclicLR", base_lr=0.01, max_lr=0.1, step_size_up=10, mode="triangular2"),
+        schedules.cyclic_lr(0.01, 0.1, 10, mode="triangular2"),
+    ),
+    "CyclicLR exp_range": (
+        torch_scheduler(
+            "CyclicLR", base_lr=0.01, max_lr=0.1, step_size_up=9, mode="exp_range", gamma=0.995
+        ),
+        schedules.cyclic_lr(0.01, 0.1, 9, mode="exp_range", gamma=0.995),
+    ),
+    "CyclicLR scale_fn iterations": (
+        torch_scheduler(
+            "CyclicLR",
+            base_lr=0.01,
+            max_lr=0.1,
+            step_size_up=6,
+            scale_fn=lambda x: 1 / (1 + 0.01 * x),
+            scale_mode="iterations",
+        ),
+        schedules.cyclic_lr(
+            0.01, 0.1, 6, scale_fn=lambda x: 1 / (1 + 0.01 * x), scale_mode="iterations"
+        ),
+    ),
     "LambdaLR": (
         torch_scheduler("LambdaLR", lr_lambda=lambda epoch: 1 / (1 + 0.05 * epoch)),
         schedules.lambda_lr(0.1, lambda t: 1 / (1 + 0.05 * as_float(t))),
@@ -165,6 +192,17 @@ def test_more_schedules_match_torch(name):
 def test_one_cycle_momentum_matches_torch(three_phase):
     make = torch_scheduler("OneCycleLR", max_lr=0.5, total_steps=STEPS, three_phase=three_phase)
     ours = schedules.one_cycle_momentum(STEPS, three_phase=three_phase)
+    expected = run_torch_schedulers(make, key="momentum")
+    np.testing.assert_allclose(sgdx_sequence(ours), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["triangular", "triangular2", "exp_range"])
+def test_cyclic_momentum_matches_torch(mode):
+    make = torch_scheduler(
+        "CyclicLR", base_lr=0.01, max_lr=0.1, step_size_up=7, step_size_down=4, mode=mode,
+        gamma=0.99, base_momentum=0.7, max_momentum=0.95,
+    )  # fmt: skip
+    ours = schedules.cyclic_momentum(0.7, 0.95, 7, 4, mode=mode, gamma=0.99)
     expected = run_torch_schedulers(make, key="momentum")
     np.testing.assert_allclose(sgdx_sequence(ours), expected, rtol=1e-12)
 
@@ -300,6 +338,17 @@ CASES = {
     "warm_restarts": (
         lambda o: L.CosineAnnealingWarmRestarts(o, 1000, 2),
         S.cosine_annealing_warm_restarts(0.1, 1000, 2), 40_000),
+    "cyclic": (
+        lambda o: L.CyclicLR(o, 0.001, 0.1, 2000, 3000, cycle_momentum=False),
+        S.cyclic_lr(0.001, 0.1, 2000, 3000),
+        N,
+    ),
+    "cyclic_exp_range": (
+        lambda o: L.CyclicLR(o, 0.001, 0.1, 500, mode="exp_range", gamma=0.9999,
+                             cycle_momentum=False),
+        S.cyclic_lr(0.001, 0.1, 500, mode="exp_range", gamma=0.9999),
+        10_000,
+    ),
     "warmup_cosine": (
         lambda o: L.SequentialLR(
             o, [L.LinearLR(o, 0.01, 1.0, 2000), L.CosineAnnealingLR(o, N - 2000)], [2000]

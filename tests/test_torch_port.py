@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -545,12 +546,21 @@ def test_position_comes_from_the_scheduler():
     assert lr == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12)
 
 
+class Halving(lr_scheduler.LRScheduler):
+    """A user's own torch scheduler: halves the learning rate every step."""
+
+    def get_lr(self):
+        return [
+            group["lr"] * (0.5 if self.last_epoch else 1.0) for group in self.optimizer.param_groups
+        ]
+
+
 def test_unconvertible_schedulers_say_what_to_pass():
     model = Net(torch.float64)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    cyclic = lr_scheduler.CyclicLR(optimizer, 0.01, 0.1)
+    custom = Halving(optimizer)
     with pytest.raises(TypeError, match="schedules="):
-        torch_interop.from_torch(optimizer, model, cyclic)
+        torch_interop.from_torch(optimizer, model, custom)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     python_only = lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0 if epoch < 3 else 0.1)
     with pytest.raises(TypeError, match=r"(?s)cannot be traced by JAX.*schedules="):
@@ -594,6 +604,13 @@ SCHEDULERS = {
     "CosineAnnealingLR": lambda o: lr_scheduler.CosineAnnealingLR(o, 8, 1e-3),
     "CosineAnnealingWarmRestarts": lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, 4, 2),
     "OneCycleLR": lambda o: lr_scheduler.OneCycleLR(o, [0.3, 0.6], total_steps=25),
+    "CyclicLR": lambda o: lr_scheduler.CyclicLR(o, [0.01, 0.02], [0.3, 0.6], 4, 3),
+    "CyclicLR exp_range": lambda o: lr_scheduler.CyclicLR(
+        o, 0.01, 0.5, 3, mode="exp_range", gamma=0.97, base_momentum=0.5, max_momentum=0.95
+    ),
+    "CyclicLR triangular2 no momentum cycle": lambda o: lr_scheduler.CyclicLR(
+        o, 0.01, 0.5, 2, 5, mode="triangular2", cycle_momentum=False
+    ),
     "LambdaLR": lambda o: lr_scheduler.LambdaLR(o, lambda e: 1.0 / (1.0 + e)),
     "MultiplicativeLR": lambda o: lr_scheduler.MultiplicativeLR(o, lambda e: 0.95),
     "SequentialLR of ChainedScheduler": lambda o: lr_scheduler.SequentialLR(
@@ -628,3 +645,191 @@ def test_every_scheduler_class_hands_over(name):
 
     with jax.numpy_dtype_promotion("standard"):  # the lambdas' float ** int, as users write
         hand_over_and_back(make, torch.float64, total=24, to_jax=5, to_torch=17)
+
+
+# ----------------------------------------------- exact or refused: every case says which
+
+
+def two_groups(model, **options):
+    named = list(model.named_parameters())
+    return torch.optim.SGD(
+        [{"params": [p for _, p in named[:2]], "lr": 0.3}, {"params": [p for _, p in named[2:]]}],
+        lr=0.1,
+        momentum=0.9,
+        **options,
+    )
+
+
+def test_cyclic_momentum_given_as_schedules_travels_with_the_learning_rate():
+    """CyclicLR cycles momentum; schedules= without the momentum is refused (the run's
+    momentum would stay fixed), and with it the hand-over is torch's, both ways."""
+    model = Net(torch.float64)
+    optimizer = two_groups(model)
+    scheduler = lr_scheduler.CyclicLR(optimizer, 0.01, 0.3, 4)
+    lr = sgdx.schedules.cyclic_lr(0.01, 0.3, 4)
+    with pytest.raises(ValueError, match="cycles momentum"):
+        torch_interop.from_torch(optimizer, model, scheduler, schedules=[lr, lr])
+
+    def make(model):
+        optimizer = two_groups(model)
+        return optimizer, lr_scheduler.CyclicLR(optimizer, 0.01, 0.3, 4)
+
+    entry = {"learning_rate": lr, "momentum": sgdx.schedules.cyclic_momentum(0.8, 0.9, 4)}
+    hand_over_and_back(make, torch.float64, 20, 5, 13, schedules=[entry, entry])
+
+
+def test_fractional_epochs_are_refused_and_schedules_with_a_count_continue_them():
+    """CosineAnnealingWarmRestarts stepped per iteration with fractional epochs, as its
+    docs show: refused; scheduler=None with a schedule over updates and count= continues
+    it exactly."""
+    iters = 4
+    model, reference = Net(torch.float64), Net(torch.float64)
+    optimizer, ref_opt = two_groups(model), two_groups(reference)
+    schedulers = [lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=3) for o in (optimizer, ref_opt)]
+    for k in range(6):
+        for net, opt, sched in zip(
+            (model, reference), (optimizer, ref_opt), schedulers, strict=True
+        ):
+            torch_step(net, opt, k)
+            sched.step(k // iters + (k % iters + 1) / iters)
+    with pytest.raises(ValueError, match="fractional epoch"):
+        torch_interop.from_torch(optimizer, model, schedulers[0])
+    with pytest.raises(ValueError, match="needs count="):
+        torch_interop.from_torch(optimizer, model, schedules=[lambda c: 0.1] * 2)
+    schedules = [
+        sgdx.schedules.cosine_annealing_warm_restarts(base, 3 * iters) for base in (0.3, 0.1)
+    ]
+    run = torch_interop.from_torch(optimizer, model, schedules=schedules, count=6)
+    state, params = run.state, run.params
+    for k in range(6, 20):
+        torch_step(reference, ref_opt, k)
+        schedulers[1].step(k // iters + (k % iters + 1) / iters)
+        state, params = sgdx_step(run.tx, state, params, k)
+        assert_same(params, state, reference, ref_opt, 1e-12, f"after update {k + 1}")
+
+
+class TimmLikeScheduler:
+    """A scheduler that is not torch's (timm's Scheduler classes are not LRSchedulers):
+    stepped per update with the update count, as timm's step_update."""
+
+    def __init__(self, optimizer, warmup):
+        self.optimizer, self.warmup = optimizer, warmup
+        self.base = [g["lr"] for g in optimizer.param_groups]
+        self.step_update(0)
+
+    def step_update(self, num_updates):
+        for g, base in zip(self.optimizer.param_groups, self.base, strict=True):
+            g["lr"] = base * min(1.0, (num_updates + 1) / self.warmup)
+
+
+def test_a_scheduler_that_is_not_torchs_is_refused_and_continues_with_a_count():
+    model, reference = Net(torch.float64), Net(torch.float64)
+    optimizer, ref_opt = two_groups(model), two_groups(reference)
+    schedulers = [TimmLikeScheduler(o, warmup=10) for o in (optimizer, ref_opt)]
+    for k in range(4):
+        for net, opt, sched in zip(
+            (model, reference), (optimizer, ref_opt), schedulers, strict=True
+        ):
+            torch_step(net, opt, k)
+            sched.step_update(k + 1)
+    with pytest.raises(TypeError, match=r"TimmLikeScheduler is not one.*count="):
+        torch_interop.from_torch(optimizer, model, schedulers[0])
+    schedules = [
+        lambda count, base=base: base * jnp.minimum(1.0, (count.astype(jnp.float64) + 1) / 10)
+        for base in (0.3, 0.1)
+    ]
+    run = torch_interop.from_torch(optimizer, model, schedules=schedules, count=4)
+    state, params = run.state, run.params
+    for k in range(4, 14):
+        torch_step(reference, ref_opt, k)
+        schedulers[1].step_update(k + 1)
+        state, params = sgdx_step(run.tx, state, params, k)
+        assert_same(params, state, reference, ref_opt, 1e-12, f"after update {k + 1}")
+
+
+def test_extra_group_keys_go_back_to_torch():
+    """timm's lr_scale / layer_decay and a user's key survive the round trip."""
+    model = Net(torch.float64)
+    optimizer = two_groups(model)
+    optimizer.param_groups[0].update(lr_scale=0.445, layer_decay=0.75)
+    optimizer.param_groups[1]["my_tag"] = "head"
+    torch_step(model, optimizer, 0)
+    run = torch_interop.from_torch(optimizer, model)
+    state, params = sgdx_step(run.tx, run.state, run.params, 1)
+    written = torch_interop.to_torch(run, state, params).optimizer["param_groups"]
+    assert written[0]["lr_scale"] == 0.445 and written[0]["layer_decay"] == 0.75
+    assert written[1]["my_tag"] == "head" and "lr_scale" not in written[1]
+    restored = two_groups(Net(torch.float64))
+    restored.load_state_dict(torch_interop.to_torch(run, state, params).optimizer)
+    assert restored.param_groups[0]["lr_scale"] == 0.445
+
+
+def test_a_scheduler_of_another_optimizer_or_built_before_add_param_group_is_refused():
+    model = Net(torch.float64)
+    optimizer = two_groups(model)
+    other = lr_scheduler.StepLR(two_groups(Net(torch.float64)), 3)
+    with pytest.raises(ValueError, match="drives another optimizer"):
+        torch_interop.from_torch(optimizer, model, other)
+    named = list(model.named_parameters())
+    optimizer = torch.optim.SGD([p for _, p in named[:2]], lr=0.1, momentum=0.9)
+    scheduler = lr_scheduler.StepLR(optimizer, 3)
+    optimizer.add_param_group({"params": [p for _, p in named[2:]], "lr": 0.05})
+    with pytest.raises(ValueError, match="add_param_group after the scheduler"):
+        torch_interop.from_torch(optimizer, model, scheduler)
+
+
+def test_to_torch_refuses_parameters_or_a_state_that_are_not_the_runs():
+    model = Net(torch.float64)
+    optimizer = two_groups(model)
+    run = torch_interop.from_torch(optimizer, model)
+    transposed = {**run.params, "fc1.weight": run.params["fc1.weight"].T}
+    with pytest.raises(ValueError, match=r"'fc1.weight' is of shape \(5, 6\).*\(6, 5\)"):
+        torch_interop.to_torch(run, run.state, transposed)
+    other = torch_interop.from_torch(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    with pytest.raises(ValueError, match=r"the state has groups \['0'\], the run \['0', '1'\]"):
+        torch_interop.to_torch(run, other.state, run.params)
+
+
+def test_momentum_buffers_given_as_arrays_or_lists_load():
+    model = Net(torch.float64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    torch_step(model, optimizer, 0)
+    checkpoint = optimizer.state_dict()
+    names = [n for n, _ in model.named_parameters()]
+    params = {n: jnp.asarray(p.detach().numpy()) for n, p in model.named_parameters()}
+    tx = sgdx.inject_hyperparams(sgdx.sgd)(0.1, momentum=0.9)
+    flags = {"nesterov": False, "maximize": False}
+    expected = torch_interop.load_state_dict(checkpoint, tx.init(params), params, names, **flags)
+    for convert in (lambda t: t.numpy(), lambda t: t.numpy().tolist()):
+        edited = {
+            "state": {k: {"momentum_buffer": convert(v["momentum_buffer"])}
+                      for k, v in checkpoint["state"].items()},
+            "param_groups": checkpoint["param_groups"],
+        }  # fmt: skip
+        loaded = torch_interop.load_state_dict(edited, tx.init(params), params, names, **flags)
+        chex.assert_trees_all_equal(loaded, expected)
+
+
+def test_a_sparse_embedding_with_momentum_hands_over():
+    """A sparse Embedding's momentum buffer is sparse in torch: handed over dense, with the
+    same values, the next steps are torch's."""
+    torch.manual_seed(0)
+    model = torch.nn.Embedding(10, 3, sparse=True, dtype=torch.float64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ids = [torch.tensor([1, 4, 4, 7]), torch.tensor([0, 4, 9]), torch.tensor([2, 7])]
+
+    def torch_update(batch):
+        optimizer.zero_grad()
+        model(batch).pow(2).sum().backward()
+        grad = model.weight.grad.to_dense().numpy().copy()
+        optimizer.step()
+        return grad
+
+    torch_update(ids[0])
+    run = torch_interop.from_torch(optimizer, model)
+    state, params = run.state, run.params
+    for batch in ids[1:]:
+        grad = torch_update(batch)
+        updates, state = run.tx.update({"weight": jnp.asarray(grad)}, state, params)
+        params = sgdx.apply_updates(params, updates)
+        np.testing.assert_allclose(params["weight"], model.weight.detach().numpy(), rtol=1e-12)

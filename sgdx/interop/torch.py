@@ -21,6 +21,7 @@ state dicts saved by an optimizer built from ``model.named_parameters()`` carry 
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -62,6 +63,7 @@ _BACKFILLED = {
     "differentiable": False,
     "fused": False,
 }
+_SGD_KEYS = (*HYPERPARAMETERS, *_BACKFILLED)
 State = ParamGroupsState | InjectHyperparamsState
 Flag = bool | Mapping[str, bool]
 
@@ -120,8 +122,15 @@ def _trace(group: InjectHyperparamsState) -> TraceState | None:
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:
-    """A copy: torch updates its buffers in place, and a JAX array must never alias one."""
+    """A copy: torch updates its buffers in place, and a JAX array must never alias one. A
+    sparse tensor (a sparse ``Embedding``'s buffer) is made dense: the same values, as sgdx
+    keeps dense buffers; a NumPy array or nested list (a hand-built state dict) is taken
+    as it is."""
+    if not hasattr(tensor, "detach"):
+        return np.array(tensor)
     tensor = tensor.detach().cpu()
+    if tensor.layout != _torch().strided:
+        tensor = tensor.to_dense()
     if str(tensor.dtype) == "torch.bfloat16":
         return np.array(tensor.float().numpy()).astype(jnp.bfloat16)
     return np.array(tensor.numpy(), copy=True)
@@ -393,7 +402,7 @@ def _traceable(fn: Callable[[Any], Any], kind: str) -> Callable[[Any], Any]:
         jax.eval_shape(fn, jax.ShapeDtypeStruct((), jnp.int32))  # type: ignore[no-untyped-call]
     except Exception as error:
         raise TypeError(
-            f"{kind}'s lr_lambda {getattr(fn, '__name__', fn)!r} cannot be traced by JAX "
+            f"{kind}'s function {getattr(fn, '__name__', fn)!r} cannot be traced by JAX "
             f"({type(error).__name__}: {str(error).splitlines()[0][:120]}). Write it with "
             "jax.numpy (e.g. "
             "jnp.where instead of if, jnp.minimum instead of min), or pass schedules=[...] "
@@ -454,6 +463,9 @@ def _schedule(scheduler: Any, group: int) -> Schedule:
         lr_scheduler.MultiplicativeLR: lambda: _schedules.multiplicative_lr(
             base, _traceable(scheduler.lr_lambdas[group], "MultiplicativeLR")
         ),
+        lr_scheduler.CyclicLR: lambda: _schedules.cyclic_lr(
+            base, float(scheduler.max_lrs[group]), **_cycle(scheduler)
+        ),
     }
     if kind not in converters:
         raise TypeError(
@@ -465,6 +477,102 @@ def _schedule(scheduler: Any, group: int) -> Schedule:
             "by stepping a copy of it)."
         )
     return converters[kind]()
+
+
+def _cycle(scheduler: Any) -> dict[str, Any]:
+    """A ``CyclicLR``'s cycle, as :func:`sgdx.schedules.cyclic_lr` takes it."""
+    up = round(scheduler.total_size * scheduler.step_ratio)
+    custom = scheduler._scale_fn_custom
+    return dict(
+        step_size_up=up,
+        step_size_down=round(scheduler.total_size) - up,
+        mode=scheduler.mode,
+        gamma=float(scheduler.gamma),
+        scale_fn=None if custom is None else _traceable(custom, "CyclicLR's scale_fn"),
+        scale_mode=scheduler.scale_mode,
+    )
+
+
+def _momentum_schedule(scheduler: Any, group: int) -> Schedule | None:
+    """The momentum schedule of a scheduler that cycles momentum (OneCycleLR, CyclicLR with
+    ``cycle_momentum``) for one param group, over scheduler steps; else ``None``."""
+    torch = _torch()
+
+    lr_scheduler = torch.optim.lr_scheduler
+    if not getattr(scheduler, "cycle_momentum", False):
+        return None
+    options = scheduler.optimizer.param_groups[group]
+    if type(scheduler) is lr_scheduler.OneCycleLR:
+        phases = scheduler._schedule_phases
+        return _schedules.one_cycle_momentum(
+            scheduler.total_steps,
+            base_momentum=float(options["base_momentum"]),
+            max_momentum=float(options["max_momentum"]),
+            pct_start=(phases[0]["end_step"] + 1) / scheduler.total_steps,
+            anneal_strategy=scheduler._anneal_func_type,
+            three_phase=len(phases) == 3,
+        )
+    return _schedules.cyclic_momentum(
+        float(scheduler.base_momentums[group]),
+        float(scheduler.max_momentums[group]),
+        **_cycle(scheduler),
+    )
+
+
+def _children(scheduler: Any) -> list[Any]:
+    """``scheduler`` and the schedulers nested in it (SequentialLR, ChainedScheduler)."""
+    nested = getattr(scheduler, "_schedulers", [])
+    return [scheduler, *(x for child in nested for x in _children(child))]
+
+
+def _check_scheduler(scheduler: Any, optimizer: Any) -> None:
+    """Raises unless ``scheduler`` is torch's, drives ``optimizer`` with all its groups, and
+    is at a whole step: what from_torch can carry exactly."""
+    torch = _torch()
+
+    lr_scheduler = torch.optim.lr_scheduler
+    kind = type(scheduler)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if not isinstance(scheduler, lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau):
+        raise TypeError(
+            f"from_torch converts torch.optim.lr_scheduler's schedulers, and {name} is not "
+            "one. Pass scheduler=None with schedules=[...] (one count -> lr per param group, "
+            "over updates, e.g. from sgdx.schedules) and count= (the updates the run has "
+            "taken, so that the schedule goes on from there instead of restarting); set that "
+            "scheduler's own position when the run goes back to torch."
+        )
+    n_groups = len(optimizer.param_groups)
+    for child in _children(scheduler):
+        if child.optimizer is not optimizer:
+            raise ValueError(
+                f"from_torch: the {type(child).__name__} drives another optimizer than the one "
+                "given; pass the scheduler built on this optimizer."
+            )
+        per_group = getattr(child, "base_lrs", getattr(child, "min_lrs", None))
+        if per_group is not None and len(per_group) != n_groups:
+            raise ValueError(
+                f"from_torch: the optimizer has {n_groups} param groups, but its "
+                f"{type(child).__name__} was built for {len(per_group)} (a group added with "
+                "add_param_group after the scheduler was built): the scheduler's rule for "
+                "the new groups is not stored. Pass scheduler=None, schedules=[...] (one per "
+                "group) and count=."
+            )
+        t_cur, last = getattr(child, "T_cur", 0), getattr(child, "last_epoch", 0)
+        if float(t_cur) != int(t_cur) or float(last) != int(last):
+            raise ValueError(
+                f"from_torch: the {type(child).__name__} was stepped with a fractional epoch "
+                f"(T_cur={t_cur}, last_epoch={last}), as scheduler.step(epoch + "
+                "i / iters) does; its schedule over whole steps would not continue it. Pass "
+                "schedules=[...] (one count -> lr per group over updates, e.g. "
+                "sgdx.schedules.cosine_annealing_warm_restarts over updates) and count=."
+            )
+    cycling = [c for c in _children(scheduler) if getattr(c, "cycle_momentum", False)]
+    if cycling and cycling != [scheduler]:
+        raise TypeError(
+            f"from_torch: a {type(cycling[0]).__name__} that cycles momentum inside a "
+            f"{kind.__name__} cannot be converted; pass scheduler=None, schedules=[{{"
+            "'learning_rate': ..., 'momentum': ...}, ...] (one per group) and count=."
+        )
 
 
 def _scheduler_steps(scheduler: Any) -> int:
@@ -502,6 +610,9 @@ class TorchRun(NamedTuple):
     groups (:func:`to_torch` steps a copy of it forward to write torch's own state)."""
     scheduler_steps: int
     """``scheduler.step()`` calls the scheduler had taken when the run was handed over."""
+    group_keys: tuple[dict[str, Any], ...]
+    """Each torch group's keys that are not SGD's (timm's ``lr_scale``, ``layer_decay``, any
+    user key), which :func:`to_torch` writes back."""
 
 
 def _named_parameters(model: Any) -> list[tuple[str, Any]]:
@@ -525,7 +636,8 @@ def from_torch(
     *,
     steps_per_epoch: int | None = None,
     step_in_epoch: int | None = None,
-    schedules: Sequence[Schedule] | None = None,
+    schedules: Sequence[Schedule | Mapping[str, Schedule]] | None = None,
+    count: int | None = None,
 ) -> TorchRun:
     """A live ``torch.optim.SGD`` run (and its learning-rate scheduler), in sgdx.
 
@@ -535,13 +647,19 @@ def from_torch(
     torch), and the learning rate of every later step, from the scheduler's own position.
 
     The scheduler (any of ``torch.optim.lr_scheduler``'s that :mod:`sgdx.schedules` has,
-    nested ``SequentialLR`` / ``ChainedScheduler`` included) becomes one schedule per group.
+    nested ``SequentialLR`` / ``ChainedScheduler`` included) becomes one schedule per group,
+    and a momentum schedule where it cycles momentum (``OneCycleLR``, ``CyclicLR``).
     A scheduler stepped after every ``optimizer.step()`` is at update ``last_epoch``. One
     stepped once per epoch needs ``steps_per_epoch`` and ``step_in_epoch`` (the updates taken
     in the current epoch, which torch does not store). ``ReduceLROnPlateau`` becomes
     ``run.plateau``, with torch's best, bad-epoch and cooldown state, stepped with a metric
     like torch's. A scheduler that cannot be converted (a custom class, a ``LambdaLR``
-    lambda that JAX cannot trace) raises a ``TypeError`` saying to pass ``schedules``.
+    lambda that JAX cannot trace) raises a ``TypeError`` saying to pass ``schedules``. What
+    cannot be carried exactly is refused before anything is built: a scheduler that is not
+    torch's (timm's), one bound to another optimizer or built before ``add_param_group``, one
+    stepped with fractional epochs (``CosineAnnealingWarmRestarts.step(epoch + i / iters)``):
+    pass ``scheduler=None``, ``schedules`` and ``count`` for those. Every group key that is
+    not SGD's (timm's ``lr_scale``, ...) is kept for :func:`to_torch`.
 
     Args:
       optimizer: a ``torch.optim.SGD``.
@@ -550,7 +668,11 @@ def from_torch(
       steps_per_epoch: updates per scheduler step, for a scheduler stepped per epoch.
       step_in_epoch: updates taken since the last scheduler step (with ``steps_per_epoch``).
       schedules: instead of converting the scheduler, one ``count -> lr`` per param group,
-        over scheduler steps (``count`` = ``scheduler.last_epoch``).
+        over scheduler steps (``count`` = ``scheduler.last_epoch``), or a mapping
+        ``{"learning_rate": ..., "momentum": ...}`` for a scheduler that also cycles
+        momentum (required then: the momentum travels with the learning rate).
+      count: with ``schedules`` and no torch scheduler to read it from: the schedules'
+        position, the updates (scheduler steps) the run has taken.
 
     Returns:
       A :class:`TorchRun`; hand it back with :func:`to_torch`.
@@ -582,19 +704,37 @@ def from_torch(
             f"taken since its last step (0 <= step_in_epoch < {steps_per_epoch}), which torch "
             f"does not store; got {step_in_epoch!r}."
         )
+    if scheduler is not None:
+        _check_scheduler(scheduler, optimizer)
+        if count is not None:
+            raise ValueError(
+                "from_torch: count= is for schedules= without a torch scheduler; the "
+                "scheduler's own position (last_epoch) is used."
+            )
+    elif schedules is not None and count is None:
+        raise ValueError(
+            "from_torch: schedules= without a torch scheduler needs count=, the updates the "
+            "run has taken (the schedules' position), or every schedule would restart at 0."
+        )
     is_plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     steps = 0 if scheduler is None or is_plateau else _scheduler_steps(scheduler)
+    steps = steps if count is None else count
     count = steps * (steps_per_epoch or 1) + (step_in_epoch or 0)
     n_groups = len(optimizer.param_groups)
     if schedules is not None and len(schedules) != n_groups:
         raise ValueError(f"from_torch: schedules= needs {n_groups} schedules, one per group.")
-    if scheduler is not None and not is_plateau and schedules is None:
-        schedules = [_schedule(scheduler, i) for i in range(n_groups)]
-    if schedules is not None and steps_per_epoch is not None:
-        schedules = [_schedules.per_epoch(s, steps_per_epoch) for s in schedules]
-    one_cycle_momentum = type(scheduler) is torch.optim.lr_scheduler.OneCycleLR and (
-        scheduler.cycle_momentum
-    )
+    lrs: list[Schedule] = []
+    momenta: list[Schedule | None] = [None] * n_groups
+    if schedules is not None:
+        lrs, momenta = _given_schedules(schedules, scheduler)
+    elif scheduler is not None and not is_plateau:
+        lrs = [_schedule(scheduler, i) for i in range(n_groups)]
+        momenta = [_momentum_schedule(scheduler, i) for i in range(n_groups)]
+    if steps_per_epoch is not None:
+        per = functools.partial(_schedules.per_epoch, steps_per_epoch=steps_per_epoch)
+        lrs = [per(s) for s in lrs]
+        momenta = [None if m is None else per(m) for m in momenta]
+    scheduled = schedules is not None or (scheduler is not None and not is_plateau)
 
     labels = {}
     configs: dict[str, dict[str, Any] | None] = {}
@@ -603,27 +743,14 @@ def from_torch(
         labels.update({name_of[id(p)]: label for p in group["params"]})
         momentum = float(group["momentum"])
         config: dict[str, Any] = {
-            "learning_rate": schedules[i] if schedules is not None else float(group["lr"]),
-            "momentum": momentum or None,
+            "learning_rate": lrs[i] if scheduled else float(group["lr"]),
+            "momentum": momenta[i] or momentum or None,
             "dampening": float(group["dampening"]),
             "weight_decay": float(group["weight_decay"]) or None,
             "nesterov": bool(group["nesterov"]),
             "maximize": bool(group["maximize"]),
         }
         configs[label] = config
-        if one_cycle_momentum:
-            phases = scheduler._schedule_phases
-            config["momentum"] = _schedules.per_epoch(
-                _schedules.one_cycle_momentum(
-                    scheduler.total_steps,
-                    base_momentum=float(group["base_momentum"]),
-                    max_momentum=float(group["max_momentum"]),
-                    pct_start=(phases[0]["end_step"] + 1) / scheduler.total_steps,
-                    anneal_strategy=scheduler._anneal_func_type,
-                    three_phase=len(phases) == 3,
-                ),
-                steps_per_epoch or 1,
-            )
     frozen = [n for n, _ in named if n not in labels]
     if frozen:
         labels.update({n: "frozen" for n in frozen})
@@ -670,7 +797,48 @@ def from_torch(
         steps_per_epoch=steps_per_epoch,
         scheduler=None if scheduler is None else _detached(scheduler, optimizer),
         scheduler_steps=steps,
+        group_keys=tuple(
+            {k: v for k, v in g.items() if k not in ("params", "param_names", *_SGD_KEYS)}
+            for g in optimizer.param_groups
+        ),
     )
+
+
+def _given_schedules(
+    schedules: Sequence[Schedule | Mapping[str, Schedule]], scheduler: Any
+) -> tuple[list[Schedule], list[Schedule | None]]:
+    """``schedules=`` as learning-rate and momentum schedules, refusing a run whose
+    scheduler cycles momentum when no momentum schedule is given."""
+    lrs: list[Schedule] = []
+    momenta: list[Schedule | None] = []
+    for i, entry in enumerate(schedules):
+        if isinstance(entry, Mapping):
+            unknown = sorted(set(entry) - {"learning_rate", "momentum"})
+            if unknown or "learning_rate" not in entry:
+                raise ValueError(
+                    f"from_torch: schedules[{i}] maps {sorted(entry)}; a group's entry is a "
+                    "learning-rate schedule or {'learning_rate': ..., 'momentum': ...}."
+                )
+            lrs.append(entry["learning_rate"])
+            momenta.append(entry.get("momentum"))
+        elif callable(entry):
+            lrs.append(entry)
+            momenta.append(None)
+        else:
+            raise TypeError(
+                f"from_torch: schedules[{i}] is a {type(entry).__name__}; a group's entry is a "
+                "count -> lr function or {'learning_rate': ..., 'momentum': ...}."
+            )
+    cycling = [c for c in _children(scheduler) if getattr(c, "cycle_momentum", False)]
+    if cycling and any(m is None for m in momenta):
+        raise ValueError(
+            f"from_torch: the {type(cycling[0]).__name__} cycles momentum (cycle_momentum="
+            "True), so the run's momentum changes every step: give it with the learning "
+            "rate, schedules=[{'learning_rate': ..., 'momentum': ...}, ...] (e.g. "
+            "sgdx.schedules.cyclic_momentum / one_cycle_momentum), or the sgdx run would keep "
+            "the momentum fixed."
+        )
+    return lrs, momenta
 
 
 def _detached(scheduler: Any, optimizer: Any) -> Any:
@@ -730,14 +898,32 @@ def to_torch(
 
     Raises:
       ValueError: a state that is behind the point where the run was handed over, or a
-        plateau run without its ``plateau_state``.
+        plateau run without its ``plateau_state``; a state or parameters that are not this
+        run's (other groups, other parameter names or shapes).
     """
     torch = _torch()
 
     groups = _groups(state)
+    labels = [str(i) for i in range(len(run.flags))]
+    if sorted(str(g) for g in groups) != sorted(labels):
+        raise ValueError(
+            f"to_torch: the state has groups {sorted(map(str, groups))}, the run {labels}: pass "
+            "this run's state (run.state stepped on)."
+        )
+    shapes = {
+        name: jnp.shape(leaf)
+        for name, leaf in zip(leaf_names(params), jax.tree.leaves(params), strict=True)
+    }
+    for name, leaf in run.params.items():
+        if name not in shapes or shapes[name] != jnp.shape(leaf):
+            got = "missing" if name not in shapes else f"of shape {shapes[name]}"
+            raise ValueError(
+                f"to_torch: the parameter {name!r} is {got}; the run's has shape "
+                f"{jnp.shape(leaf)}. Pass the run's parameters (run.params stepped on), each "
+                "with torch's shape."
+            )
     count = int(next(iter(groups.values())).count)
     per = run.steps_per_epoch or 1
-    labels = [str(i) for i in range(len(run.flags))]
     frozen = [name for name in leaf_names(params) if name not in set(run.names)]
     written = state_dict(
         state,
@@ -746,6 +932,9 @@ def to_torch(
         nesterov={label: f[0] for label, f in zip(labels, run.flags, strict=True)},
         maximize={label: f[1] for label, f in zip(labels, run.flags, strict=True)},
     )
+    for entry, keys in zip(written["param_groups"], run.group_keys, strict=True):
+        for key, value in keys.items():  # timm's lr_scale, layer_decay, a user's key, ...
+            entry.setdefault(key, copy.deepcopy(value))
     scheduler_state: dict[str, Any] | None = None
     if run.scheduler is not None:
         scheduler = copy.deepcopy(run.scheduler)
