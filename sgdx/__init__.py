@@ -1,6 +1,11 @@
 """sgdx: PyTorch's SGD, exactly, as composable JAX gradient transformations."""
 
-from sgdx import conventions, schedules, sharding
+from sgdx import (
+    _export,  # noqa: F401  (registers the state types for jax.export)
+    conventions,
+    schedules,
+    sharding,
+)
 from sgdx._alias import sgd
 from sgdx._base import (
     EmptyState,

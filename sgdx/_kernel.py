@@ -10,6 +10,7 @@ import functools
 import hashlib
 import importlib.metadata
 import os
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,7 +26,12 @@ _SYMBOLS = {
 }
 _REINSTALL = (
     "install sgdx's wheel, or reinstall it from source with a C++ compiler on PATH "
-    "(or named by CXX): pip install --force-reinstall --no-deps sgdx"
+    "(or named by CXX): pip install --force-reinstall --no-deps --no-cache-dir sgdx"
+)
+# A source build against the jax installed here (not the newest, in pip's isolated build).
+_REBUILD_HERE = (
+    "pip install --force-reinstall --no-deps --no-cache-dir --no-build-isolation "
+    "--no-binary sgdx sgdx (with setuptools and a C++ compiler)"
 )
 
 
@@ -46,14 +52,70 @@ def _disabled() -> bool:
     return value not in ("", "0", "false", "no", "off")
 
 
+def _installed_library() -> Path | None:
+    """The kernel that pip recorded installing, if it did."""
+    try:
+        files = importlib.metadata.distribution("sgdx").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = [f for f in files if Path(str(f)).name.startswith("libsgdx_sgd_step.")]
+    return Path(str(found[0].locate())) if found else None
+
+
 def _library() -> Path:
     found = sorted(_HERE.glob("libsgdx_sgd_step.*"))
     if not found:
+        recorded = _installed_library()
+        if recorded is not None:
+            raise _Unavailable(
+                f"the installed native kernel {recorded} is missing (deleted after "
+                f"installation); {_REINSTALL}"
+            )
         raise _Unavailable(
             f"sgdx was installed without its native kernel (no {_HERE}/libsgdx_sgd_step.*: "
             f"it was built where no C++ compiler worked); {_REINSTALL}"
         )
     return found[0]
+
+
+def _api(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
+def framework_ffi_api() -> tuple[int, int] | None:
+    """The XLA FFI API version of the running jaxlib, from the headers it ships (the
+    version its runtime accepts handlers up to), or ``None`` where they cannot be read."""
+    try:
+        header = (Path(jax.ffi.include_dir()) / "xla/ffi/api/c_api.h").read_text()
+        major, minor = (
+            int(re.search(rf"#define XLA_FFI_API_{part}\s+(\d+)", header)[1])  # type: ignore[index]
+            for part in ("MAJOR", "MINOR")
+        )
+    except (OSError, TypeError, AttributeError):
+        return None
+    return major, minor
+
+
+def _check_api(kernel: tuple[int, int], library: Path, built_with: str) -> None:
+    """Raises unless the running jaxlib accepts handlers of the kernel's FFI API version
+    (the same major version, a minor version no newer than its own): registering one it
+    does not accept would fail the CPU backend's start, and every JAX computation with it."""
+    framework = framework_ffi_api()
+    if framework is None:
+        raise _Unavailable(
+            f"the FFI API version of jax {jax.__version__} could not be read (no "
+            "xla/ffi/api/c_api.h under jax.ffi.include_dir()), so the kernel is not "
+            f"registered: a handler it did not accept would stop JAX's CPU backend; {_REINSTALL}"
+        )
+    if kernel[0] != framework[0] or kernel[1] > framework[1]:
+        raise _Unavailable(
+            f"{library} was built with jax {built_with} for XLA's FFI API "
+            f"{kernel[0]}.{kernel[1]}, which this jax {jax.__version__} (FFI API "
+            f"{framework[0]}.{framework[1]}) cannot run; upgrade jax and jaxlib to the "
+            f"version it was built with (pip install -U 'jax>={built_with}'), or build sgdx "
+            f"against this jax: {_REBUILD_HERE}"
+        )
 
 
 def _check_installed(library: Path) -> None:
@@ -81,7 +143,9 @@ def _load() -> str:
     try:
         handle = ctypes.cdll.LoadLibrary(str(library))
         handle.SgdxBuildInfo.restype = ctypes.c_char_p
+        handle.SgdxFfiApiVersion.restype = ctypes.c_char_p
         source, built_with = handle.SgdxBuildInfo().decode().split()
+        kernel_api = _api(handle.SgdxFfiApiVersion().decode())
     except (OSError, AttributeError, ValueError) as error:
         raise _Unavailable(f"loading {library} failed: {error}; {_REINSTALL}") from None
     if source != hashlib.sha256(SOURCE.read_bytes()).hexdigest():
@@ -89,6 +153,7 @@ def _load() -> str:
             f"{library} was built from another {SOURCE.name} than {SOURCE} (a stale build); "
             "rebuild it: pip install --no-deps -e ."
         )
+    _check_api(kernel_api, library, built_with)
     try:
         for symbol, target in _SYMBOLS.items():
             capsule = jax.ffi.pycapsule(getattr(handle, symbol))  # type: ignore[no-untyped-call]

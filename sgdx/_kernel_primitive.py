@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental.custom_partitioning import SdyShardingRule, custom_partitioning
 from jax.interpreters import batching, mlir
 
-from sgdx._kernel import TARGETS
+from sgdx._kernel import TARGETS, native_status
 
 Reference = Callable[..., list[jax.Array]]
 """``reference(hyper, flags, *leaves, nesterov=..., maximize=...)``: the kernel's results
@@ -142,6 +142,10 @@ def _lower_kernel(ctx: Any, *operands: Any, reference: Reference, **attrs: Any) 
         ctx, *operands
     )
 
+
+# The kernel's FFI targets are registered at import (loading the library; no backend is
+# started), so that a step exported with them runs in any process that imports sgdx.
+native_status()
 
 mlir.register_lowering(_step_p, _lower_kernel, platform="cpu")
 mlir.register_lowering(_step_p, _lower_reference)

@@ -240,3 +240,85 @@ def test_disable_switch(installed, value, available):
     out = run(installed, {"SGDX_DISABLE_NATIVE": value})
     assert_reference_numbers(out, available)
     assert value != "1" or out["reason"] == "disabled by SGDX_DISABLE_NATIVE"
+
+
+EXPORT = textwrap.dedent(
+    """
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax import export
+    import sgdx
+
+    path = sys.argv[1]
+    tx = sgdx.sgd(0.1, momentum=0.9, nesterov=True)
+    params = {"w": jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float32)}
+    grads = {"w": jnp.cos(params["w"])}
+    state = tx.init(params)
+    if sys.argv[2] == "export":
+        exported = export.export(
+            jax.jit(lambda *a: sgdx.step(tx, *a)),
+            disabled_checks=[export.DisabledSafetyCheck.custom_call("sgdx_sgd_step_f32")],
+        )(params, grads, state)
+        assert "sgdx_sgd_step_f32" in exported.mlir_module()
+        open(path, "wb").write(exported.serialize())
+    else:  # a fresh process that only imports jax and sgdx, then runs what was exported
+        new_params, _ = export.deserialize(bytearray(open(path, "rb").read())).call(
+            params, grads, state
+        )
+        updates, _ = tx.update(grads, state, params)
+        expected = sgdx.apply_updates(params, updates)
+        np.testing.assert_allclose(new_params["w"], expected["w"], rtol=1e-6)
+        print("ran")
+    """
+)
+
+
+def test_an_exported_step_runs_in_a_fresh_process_that_imports_sgdx(installed, tmp_path):
+    """The kernel's FFI targets are registered when sgdx is imported, not when a step first
+    asks for them: the docs' export recipe, deserialized where nothing else ran."""
+    path = str(tmp_path / "step.bin")
+    for mode in ("export", "call"):
+        result = subprocess.run(
+            [sys.executable, "-c", EXPORT, path, mode],
+            env=environment(installed),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["ran"]
+
+
+def test_a_kernel_for_a_newer_ffi_api_is_refused_before_registration(installed):
+    """A kernel built against a newer XLA FFI API than the running jaxlib's would fail the
+    CPU backend's start at registration (jax 0.6-0.8 with a wheel built on 0.10): it is
+    refused first, with both versions and the fix, and JAX computes on."""
+    script = textwrap.dedent(
+        """
+        import pathlib, tempfile
+        import jax, jax.numpy as jnp
+        # the running jaxlib's headers say FFI API 0.1, as jax 0.6.2's do
+        include = tempfile.mkdtemp()
+        header = pathlib.Path(include, "xla/ffi/api/c_api.h")
+        header.parent.mkdir(parents=True)
+        header.write_text("#define XLA_FFI_API_MAJOR 0\\n#define XLA_FFI_API_MINOR 1\\n")
+        jax.ffi.include_dir = lambda: include
+        import sgdx
+        status = sgdx.native_status()
+        print(status.available)
+        print(status.reason)
+        print(float(jnp.sum(jnp.ones(3))))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=environment(installed),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    available, reason, computed = result.stdout.strip().splitlines()
+    assert available == "False" and computed == "3.0"
+    assert re.search(r"FFI API 0\.\d+, which this jax .* \(FFI API 0\.1\) cannot run", reason)
+    assert "--no-build-isolation" in reason

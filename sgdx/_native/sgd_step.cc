@@ -184,5 +184,14 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi:
 // "<sha256 of this file> <jax version>", from the build, which the loader checks.
 extern "C" const char* SgdxBuildInfo() { return SGDX_BUILD_INFO; }
 
+// The XLA FFI API version of the headers this was built with ("major.minor"): a framework
+// with an older API refuses the handlers, and refusing them at registration would take JAX's
+// CPU backend down, so the loader compares it with the running jaxlib's first.
+#define SGDX_STRINGIFY(x) #x
+#define SGDX_STRING(x) SGDX_STRINGIFY(x)
+extern "C" const char* SgdxFfiApiVersion() {
+  return SGDX_STRING(XLA_FFI_API_MAJOR) "." SGDX_STRING(XLA_FFI_API_MINOR);
+}
+
 SGDX_HANDLER(SgdxSgdStepF32, ffi::F32)
 SGDX_HANDLER(SgdxSgdStepF64, ffi::F64)
