@@ -82,6 +82,8 @@ def _scaled(config: dict[str, Any], label: str) -> dict[str, Any]:
 def param_groups(
     labels: PyTree | Callable[[Params], PyTree],
     groups: Mapping[str, GroupConfig],
+    *,
+    frozen: PyTree | Callable[[Params], PyTree] | None = None,
     **defaults: Any,
 ) -> GradientTransformation:
     """``torch.optim.SGD`` with param groups: different hyperparameters per labelled part.
@@ -103,11 +105,15 @@ def param_groups(
     :func:`set_hyperparams` and ``group=label``, between steps and without recompiling.
     To start optimizing a frozen group mid-run (torch's ``add_param_group``), build the
     transform with its new configuration and carry the state over with
-    :func:`add_param_groups`.
+    :func:`add_param_groups`. ``frozen`` marks single parameters as torch's
+    ``requires_grad=False`` does: they stay in their group, with their buffer, but their
+    gradients are ignored (taken as ``None``), so they and their buffers are never updated.
 
     Args:
       labels: a pytree of group labels, or a function of the parameters returning one.
       groups: label -> overrides (a mapping of :func:`sgdx.sgd` arguments) or ``None``.
+      frozen: a pytree of Python bools with the parameters' structure (or a function of the
+        parameters returning one): ``True`` for a parameter whose gradient is ignored.
       **defaults: :func:`sgdx.sgd` arguments shared by all groups.
 
     Returns:
@@ -179,6 +185,26 @@ def param_groups(
                 )
         return leaves
 
+    def trainable(grads: Updates, params: Params) -> Updates:
+        """``grads`` with ``None`` for every frozen parameter."""
+        if frozen is None:
+            return grads
+        flags = frozen(params) if callable(frozen) else frozen
+        flag_leaves, flag_def = jax.tree.flatten(flags)
+        grad_leaves, grad_def = jax.tree.flatten(grads, is_leaf=_tree.is_none)
+        if not _tree.same_structure(flag_def, jax.tree.structure(params)) or not all(
+            isinstance(f, bool | np.bool_) for f in flag_leaves
+        ):
+            raise TypeError(
+                "param_groups: frozen must be a pytree of Python bools with the parameters' "
+                f"structure (True: the gradient is ignored); got {flag_def} of "
+                f"{sorted({type(f).__name__ for f in flag_leaves})} for parameters "
+                f"{jax.tree.structure(params)}."
+            )
+        return jax.tree.unflatten(
+            grad_def, [None if f else g for g, f in zip(grad_leaves, flag_leaves, strict=True)]
+        )
+
     def init_fn(params: Params) -> ParamGroupsState:
         leaves = check_labels(params)
         position = {label: k for k, label in enumerate(sorted(optimizers))}
@@ -217,7 +243,8 @@ def param_groups(
         updates: Updates, state: ParamGroupsState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, ParamGroupsState]:
         leaves = checked(state, params)
-        frozen = jax.tree.map(lambda _: None, updates)  # a frozen parameter's update: None
+        updates = trainable(updates, params)
+        none = jax.tree.map(lambda _: None, updates)  # a frozen group's update: None
         parts, new_states = {}, {}
         for label, tx in optimizers.items():
             parts[label], new_states[label] = tx.update(
@@ -226,13 +253,14 @@ def param_groups(
                 _mask(params, leaves, label),
                 **extra_args,
             )
-        return merged(frozen, parts, leaves), ParamGroupsState(new_states, state.membership)
+        return merged(none, parts, leaves), ParamGroupsState(new_states, state.membership)
 
     def step_fn(
         params: Params, grads: Updates, state: ParamGroupsState
     ) -> tuple[Params, ParamGroupsState]:
         """Each group's step (one kernel pass per group, with its hyperparameters)."""
         leaves = checked(state, params)
+        grads = trainable(grads, params)
         parts, new_states = {}, {}
         for label, tx in optimizers.items():
             parts[label], new_states[label] = _step.run(

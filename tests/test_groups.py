@@ -284,3 +284,32 @@ def test_set_hyperparams_errors():
     with pytest.raises(ValueError, match="group 'a' covers different parameters"):
         other = sgdx.param_groups({"w": "a", "v": "a"}, {"a": {}}, learning_rate=0.1)
         sgdx.add_param_groups(state, other, {"w": jnp.ones(1), "v": jnp.ones(1)})
+
+
+def test_frozen_parameters_keep_their_group_and_buffer_in_update_and_step():
+    """frozen= is torch's requires_grad=False: the gradient is ignored, the parameter and
+    its buffer stay as they are, in update + apply_updates and in the in-place step."""
+    params = {"w": jnp.ones(3, jnp.float32), "b": jnp.ones(2, jnp.float32)}
+    grads = {"w": jnp.full(3, 0.5, jnp.float32), "b": jnp.full(2, 0.5, jnp.float32)}
+    trained = sgdx.param_groups(
+        {"w": "all", "b": "all"}, {"all": {}}, learning_rate=0.1, momentum=0.9
+    )
+    state = trained.init(params)
+    _, state = trained.update(grads, state, params)  # b has a buffer now
+    tx = sgdx.param_groups(
+        {"w": "all", "b": "all"}, {"all": {}}, frozen={"w": False, "b": True},
+        learning_rate=0.1, momentum=0.9,
+    )  # fmt: skip
+    updates, by_update = tx.update(grads, state, params)
+    assert updates["b"] is None
+    stepped, by_step = jax.jit(sgdx.step, static_argnums=0)(tx, params, grads, state)
+    np.testing.assert_array_equal(stepped["b"], params["b"])
+    for new in (by_update, by_step):
+        np.testing.assert_array_equal(
+            sgdx.momentum_buffers(new)["b"], sgdx.momentum_buffers(state)["b"]
+        )
+    np.testing.assert_allclose(stepped["w"], sgdx.apply_updates(params, updates)["w"])
+    with pytest.raises(TypeError, match="frozen must be a pytree of Python bools"):
+        bad = sgdx.param_groups({"w": "all", "b": "all"}, {"all": {}}, frozen={"w": 0, "b": 1},
+                                learning_rate=0.1)  # fmt: skip
+        bad.update(grads, bad.init(params), params)

@@ -833,3 +833,29 @@ def test_a_sparse_embedding_with_momentum_hands_over():
         updates, state = run.tx.update({"weight": jnp.asarray(grad)}, state, params)
         params = sgdx.apply_updates(params, updates)
         np.testing.assert_allclose(params["weight"], model.weight.detach().numpy(), rtol=1e-12)
+
+
+def test_a_parameter_without_requires_grad_stays_frozen_and_keeps_its_buffer():
+    """fc1.bias trains for two updates (so it has a momentum buffer), then is frozen with
+    requires_grad=False: torch never updates it or its buffer again. Handed over, sgdx
+    given gradients for every parameter does the same, and the buffer goes back to torch."""
+    model, reference = Net(torch.float64), Net(torch.float64)
+    optimizer, ref_opt = two_groups(model), two_groups(reference)
+    for k in range(4):
+        if k == 2:
+            model.fc1.bias.requires_grad_(False)
+            reference.fc1.bias.requires_grad_(False)
+        for net, opt in ((model, optimizer), (reference, ref_opt)):
+            torch_step(net, opt, k, frozen=() if k < 2 else ("fc1.bias",))
+    run = torch_interop.from_torch(optimizer, model)
+    state, params = run.state, run.params
+    for k in range(4, 9):
+        torch_step(reference, ref_opt, k, frozen=("fc1.bias",))
+        state, params = sgdx_step(run.tx, state, params, k)  # a gradient for every parameter
+        assert_same(params, state, reference, ref_opt, 1e-12, f"after update {k + 1}")
+    restored = two_groups(Net(torch.float64))
+    restored.load_state_dict(torch_interop.to_torch(run, state, params).optimizer)
+    buffer = restored.state[restored.param_groups[0]["params"][1]]["momentum_buffer"]
+    np.testing.assert_array_equal(
+        buffer.numpy(), ref_opt.state[reference.fc1.bias]["momentum_buffer"].numpy()
+    )

@@ -756,7 +756,9 @@ def from_torch(
         labels.update({n: "frozen" for n in frozen})
         configs["frozen"] = None
     params = {n: jnp.asarray(_to_numpy(p)) for n, p in named}
-    tx = param_groups(labels, configs)
+    # torch never updates a parameter with requires_grad=False (its grad stays None)
+    no_grad = {n: not p.requires_grad for n, p in named}
+    tx = param_groups(labels, configs, frozen=no_grad if any(no_grad.values()) else None)
     flags = tuple((bool(g["nesterov"]), bool(g["maximize"])) for g in optimizer.param_groups)
     state = load_state_dict(
         optimizer.state_dict(),
