@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import sgdx
 from sgdx.interop import torch as torch_interop
@@ -144,10 +146,13 @@ def close(ours, theirs, tolerance, message, terms=1.0):
 def assert_same(run_params, run_state, model, optimizer, tolerance, where):
     for name, p in model.named_parameters():
         close(run_params[name], p.detach().numpy(), tolerance, f"{name} {where}")
-    ours = sgdx.momentum_buffers(run_state)
+    try:
+        ours = sgdx.momentum_buffers(run_state)
+    except ValueError:  # no group has momentum
+        ours = {}
     for name, p in model.named_parameters():
         theirs = optimizer.state[p].get("momentum_buffer")
-        assert (ours[name] is None) == (theirs is None), f"{name} buffer {where}"
+        assert (ours.get(name) is None) == (theirs is None), f"{name} buffer {where}"
         if theirs is not None:
             close(ours[name], theirs.numpy(), tolerance, f"{name} buffer {where}", terms=10.0)
     for i, group in enumerate(optimizer.param_groups):
@@ -858,4 +863,94 @@ def test_a_parameter_without_requires_grad_stays_frozen_and_keeps_its_buffer():
     buffer = restored.state[restored.param_groups[0]["params"][1]]["momentum_buffer"]
     np.testing.assert_array_equal(
         buffer.numpy(), ref_opt.state[reference.fc1.bias]["momentum_buffer"].numpy()
+    )
+
+
+# ----------------------------------------------- the contract, over random runs
+
+
+RANDOM_SCHEDULERS = {
+    "StepLR": lambda o: lr_scheduler.StepLR(o, 3, 0.5),
+    "MultiStepLR": lambda o: lr_scheduler.MultiStepLR(o, [2, 7, 7, 12], 0.3),
+    "ExponentialLR": lambda o: lr_scheduler.ExponentialLR(o, 0.9),
+    "ConstantLR": lambda o: lr_scheduler.ConstantLR(o, 0.25, 6),
+    "LinearLR": lambda o: lr_scheduler.LinearLR(o, 0.1, 0.9, 7),
+    "PolynomialLR": lambda o: lr_scheduler.PolynomialLR(o, 12, 2.0),
+    "CosineAnnealingLR": lambda o: lr_scheduler.CosineAnnealingLR(o, 8, 1e-3),
+    "CosineAnnealingWarmRestarts": lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, 4, 2),
+    "OneCycleLR": lambda o: lr_scheduler.OneCycleLR(o, 0.5, total_steps=40, three_phase=True),
+    "CyclicLR": lambda o: lr_scheduler.CyclicLR(o, 0.01, 0.3, 3, 2),
+    "CyclicLR triangular2": lambda o: lr_scheduler.CyclicLR(
+        o, 0.01, 0.3, 2, mode="triangular2", cycle_momentum=False
+    ),
+    "MultiplicativeLR": lambda o: lr_scheduler.MultiplicativeLR(o, lambda e: 0.95),
+    "SequentialLR": lambda o: lr_scheduler.SequentialLR(
+        o, [lr_scheduler.LinearLR(o, 0.2, 1.0, 4), lr_scheduler.CosineAnnealingLR(o, 10)], [4]
+    ),
+    "ChainedScheduler": lambda o: lr_scheduler.ChainedScheduler(
+        [lr_scheduler.ConstantLR(o, 0.5, 3), lr_scheduler.ExponentialLR(o, 0.8)]
+    ),
+}
+
+
+@st.composite
+def runs(draw):
+    """A torch run: 1-3 groups over Net's parameters with their own hyperparameters (and a
+    key that is not SGD's), a scheduler, where it is handed over and back."""
+    n_groups = draw(st.integers(1, 3))
+    owner = [draw(st.integers(0, n_groups - 1)) for _ in range(6)]
+    owner[:n_groups] = range(n_groups)  # no group is empty
+    groups = []
+    for _ in range(n_groups):
+        momentum = draw(st.sampled_from([0.0, 0.5, 0.9]))
+        nesterov = momentum > 0 and draw(st.booleans())
+        groups.append(
+            {
+                "lr": draw(st.sampled_from([0.01, 0.05, 0.2])),
+                "momentum": momentum,
+                "dampening": 0.0 if nesterov else draw(st.sampled_from([0.0, 0.3])),
+                "weight_decay": draw(st.sampled_from([0.0, 1e-2])),
+                "nesterov": nesterov,
+                "maximize": draw(st.booleans()),
+                "lr_scale": draw(st.sampled_from([0.5, 1.0])),
+            }
+        )
+    to_jax = draw(st.integers(1, 8))
+    to_torch = draw(st.integers(to_jax + 1, to_jax + 8))
+    return dict(
+        owner=owner,
+        groups=groups,
+        scheduler=draw(st.sampled_from(sorted(RANDOM_SCHEDULERS))),
+        per_epoch=draw(st.sampled_from([None, 3])),
+        dtype=draw(st.sampled_from([torch.float64, torch.float32])),
+        to_jax=to_jax,
+        to_torch=to_torch,
+        frozen_until=draw(st.sampled_from([0, 3])),
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+@given(runs())
+def test_random_runs_hand_over_both_ways_with_torchs_numbers(run):
+    """Every case of the contract: handed to sgdx at a random update and back at another,
+    every later parameter, buffer, learning rate and momentum is the uninterrupted torch
+    run's (float64 1e-12, float32 1e-6 of each leaf's scale)."""
+
+    def make(model):
+        named = list(model.named_parameters())
+        param_groups = [
+            {"params": [p for (_, p), o in zip(named, run["owner"], strict=True) if o == g], **c}
+            for g, c in enumerate(run["groups"])
+        ]
+        optimizer = torch.optim.SGD(param_groups, lr=0.1)
+        return optimizer, RANDOM_SCHEDULERS[run["scheduler"]](optimizer)
+
+    hand_over_and_back(
+        make,
+        run["dtype"],
+        total=run["to_torch"] + 5,
+        to_jax=run["to_jax"],
+        to_torch=run["to_torch"],
+        per_epoch=run["per_epoch"],
+        frozen_until=run["frozen_until"],
     )
