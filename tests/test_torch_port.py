@@ -897,6 +897,7 @@ RANDOM_SCHEDULERS = {
 def runs(draw):
     """A torch run: 1-3 groups over Net's parameters with their own hyperparameters (and a
     key that is not SGD's), a scheduler, where it is handed over and back."""
+    dtype = draw(st.sampled_from([torch.float64, torch.float32]))
     n_groups = draw(st.integers(1, 3))
     owner = [draw(st.integers(0, n_groups - 1)) for _ in range(6)]
     owner[:n_groups] = range(n_groups)  # no group is empty
@@ -911,7 +912,9 @@ def runs(draw):
                 "dampening": 0.0 if nesterov else draw(st.sampled_from([0.0, 0.3])),
                 "weight_decay": draw(st.sampled_from([0.0, 1e-2])),
                 "nesterov": nesterov,
-                "maximize": draw(st.booleans()),
+                # float32 runs descend: an ascent grows the parameters geometrically, and
+                # with them every one-ulp rounding difference, past any fixed tolerance
+                "maximize": dtype == torch.float64 and draw(st.booleans()),
                 "lr_scale": draw(st.sampled_from([0.5, 1.0])),
             }
         )
@@ -922,7 +925,7 @@ def runs(draw):
         groups=groups,
         scheduler=draw(st.sampled_from(sorted(RANDOM_SCHEDULERS))),
         per_epoch=draw(st.sampled_from([None, 3])),
-        dtype=draw(st.sampled_from([torch.float64, torch.float32])),
+        dtype=dtype,
         to_jax=to_jax,
         to_torch=to_torch,
         frozen_until=draw(st.sampled_from([0, 3])),
