@@ -100,18 +100,19 @@ def trace(
         buffers, flags = _zeros_and_flags(params, accumulator_dtype, "trace")
         return TraceState(momentum_buffer=buffers, initialized=flags)
 
+    undamped = _hyperparams.concrete(dampening) == 0  # (1 - 0) * g is g, exactly
+
     def leaf(g: jax.Array, buf: jax.Array, initialized: jax.Array) -> tuple[Any, ...]:
         acc = _tree.match_sharding(g.astype(buf.dtype), buf)
         mu = _hyperparams.cast(momentum, buf)
-        new_buf = jnp.where(
-            initialized, mu * buf + _hyperparams.cast(1 - dampening, buf) * acc, acc
-        )
+        damped = acc if undamped else _hyperparams.cast(1 - dampening, buf) * acc
+        new_buf = _hyperparams.select(initialized, mu * buf + damped, acc)
         direction = acc + mu * new_buf if nesterov else new_buf
         active = momentum != 0  # in the given precision, as torch tests it
         return (
-            jnp.where(active, direction, acc).astype(g.dtype),
-            jnp.where(active, new_buf, buf),
-            initialized | active,
+            _hyperparams.select(active, direction, acc).astype(g.dtype),
+            _hyperparams.select(active, new_buf, buf),
+            initialized,  # the flags are updated all at once, below
         )
 
     def update_fn(
@@ -120,7 +121,7 @@ def trace(
         del params, extra_args
         _tree.check_state(state, TraceState, "trace")
         flags = _tree.per_leaf(state.initialized, state.momentum_buffer, "momentum flags")
-        updates, buffers, flags = _tree.map_updates(
+        new_updates, buffers, _ = _tree.map_updates(
             leaf,
             updates,
             state.momentum_buffer,
@@ -128,7 +129,22 @@ def trace(
             names=("momentum buffers", "momentum flags"),
             same_shape_as=0,
         )
-        return updates, TraceState(buffers, _tree.stack(flags, jnp.bool_))
+        # a buffer starts at its parameter's first gradient (with momentum on): one `or`
+        # over the flag vector, not one per leaf
+        started = np.zeros(state.initialized.shape, np.bool_)
+        for g, k in zip(
+            jax.tree.leaves(updates, is_leaf=_tree.is_none),
+            _tree.positions(state.momentum_buffer),
+            strict=True,
+        ):
+            if g is not None and k is not None:
+                started[k] = True
+        active = momentum != 0
+        if isinstance(active, bool | np.bool_):
+            initialized = state.initialized | started if active else state.initialized
+        else:
+            initialized = state.initialized | (jnp.asarray(started) & active)
+        return new_updates, TraceState(buffers, initialized)
 
     return GradientTransformation(init_fn, update_fn)
 

@@ -109,7 +109,7 @@ def add_decayed_weights(
                 return g, p, on
             wd = _hyperparams.cast(weight_decay, g)
             decayed = g + wd * jnp.asarray(p).astype(g.dtype)
-            return jnp.where(weight_decay != 0, decayed, g), p, on
+            return _hyperparams.select(weight_decay != 0, decayed, g), p, on
 
         updates, _, _ = _tree.map_updates(
             decay, updates, params, leaf_mask, names=("parameters", "mask"), same_shape_as=0
