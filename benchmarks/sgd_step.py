@@ -137,7 +137,8 @@ def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: i
         import torch
 
         where = "cuda" if device == "gpu" else "cpu"
-        params = [torch.full(s, 0.1, device=where) for s in shapes]  # no host copies
+        # no host copies; trainable, as a model's parameters are (from_torch freezes others)
+        params = [torch.full(s, 0.1, device=where, requires_grad=True) for s in shapes]
         for p in params:
             p.grad = torch.full(p.shape, 0.01, device=where)
         flags = {"torch_foreach": {"foreach": True}, "torch_single": {"foreach": False}}.get(
