@@ -957,3 +957,18 @@ def test_random_runs_hand_over_both_ways_with_torchs_numbers(run):
         per_epoch=run["per_epoch"],
         frozen_until=run["frozen_until"],
     )
+
+
+def test_a_parameter_in_two_groups_is_refused_with_torchs_words():
+    model = Net(torch.float64)
+    optimizer = two_groups(model)
+    torch_step(model, optimizer, 0)
+    checkpoint = optimizer.state_dict()
+    checkpoint["param_groups"][1]["params"] = [0, *checkpoint["param_groups"][1]["params"]]
+    run = torch_interop.from_torch(optimizer, model)
+    names = [n for n, _ in model.named_parameters()]
+    with pytest.raises(ValueError, match=r"more than one parameter group: parameter 0 is in "
+                                         r"param_groups\[0\] and param_groups\[1\]"):  # fmt: skip
+        torch_interop.load_state_dict(
+            checkpoint, run.state, run.params, names, nesterov=False, maximize=False
+        )

@@ -139,13 +139,7 @@ def load_state_dict(
       TypeError: a state without hyperparameters.
     """
     torch_groups = _checked_groups(state_dict)
-    if names is None:
-        if not all("param_names" in g for g in torch_groups):
-            raise ValueError(
-                "This state_dict has no 'param_names': pass names=, the dotted parameter names "
-                "in the optimizer's order."
-            )
-        names = [n for g in torch_groups for n in g["param_names"]]
+    names = _names(torch_groups, names)
     positions = _positions(names, params)
     leaves = jax.tree.leaves(params)
     groups = _groups(state)
@@ -155,49 +149,18 @@ def load_state_dict(
             f"The state_dict has {len(torch_groups)} param groups, the sgdx optimizer "
             f"{len(groups)}; build the sgdx optimizer with the same groups."
         )
-    buffers = state_dict["state"]
     new_groups: dict[str | None, InjectHyperparamsState] = {}
     for i, torch_group in enumerate(torch_groups):
-        wanted = sorted(positions[k] for k in torch_group["params"])
-        label = next((lb for lb, m in members.items() if sorted(m) == wanted), "no match")
-        if label == "no match":
-            raise ValueError(
-                f"param_groups[{i}] ({[names[k] for k in torch_group['params']][:5]}...) matches "
-                "no sgdx group: every torch group needs an sgdx group with exactly its parameters."
-            )
+        label = _matching_group(i, torch_group, positions, members, names)
         group = groups[label]
         _check_group(i, torch_group, group, label, nesterov, maximize)
         inner = group.inner_state
         trace = _trace(group)
         if trace is not None:
-            buffer_leaves, treedef = jax.tree.flatten(
-                trace.momentum_buffer, is_leaf=lambda x: x is None
+            momentum = _loaded_momentum(
+                trace, torch_group["params"], state_dict["state"], positions, leaves, names
             )
-            flag_leaves = jax.tree.leaves(
-                _tree.per_leaf(trace.initialized, trace.momentum_buffer, "momentum flags"),
-                is_leaf=lambda x: x is None,
-            )
-            for k in torch_group["params"]:
-                leaf = positions[k]
-                entry = buffers.get(k, {}).get("momentum_buffer")
-                if entry is None:
-                    buffer_leaves[leaf] = _tree.zeros_like(buffer_leaves[leaf])
-                    flag_leaves[leaf] = jnp.asarray(np.False_)
-                    continue
-                value = _to_numpy(entry)
-                if value.shape != jnp.shape(leaves[leaf]):
-                    raise ValueError(
-                        f"The momentum buffer of {names[k]!r} has shape {value.shape}, the "
-                        f"parameter {jnp.shape(leaves[leaf])}."
-                    )
-                buffer_leaves[leaf] = jnp.asarray(value, buffer_leaves[leaf].dtype)
-                flag_leaves[leaf] = jnp.ones((), jnp.bool_)
-            inner = inner._replace(
-                momentum=TraceState(
-                    jax.tree.unflatten(treedef, buffer_leaves),
-                    _tree.stack(jax.tree.unflatten(treedef, flag_leaves), jnp.bool_),
-                )
-            )
+            inner = inner._replace(momentum=momentum)
         hyperparams = {
             ours: jnp.asarray(float(torch_group[theirs]), group.hyperparams[ours].dtype)
             for theirs, ours in HYPERPARAMETERS.items()
@@ -208,6 +171,82 @@ def load_state_dict(
     if isinstance(state, ParamGroupsState):
         return state._replace(groups={str(k): v for k, v in new_groups.items()})
     return new_groups[None]
+
+
+def _names(torch_groups: list[dict[str, Any]], names: Sequence[str] | None) -> Sequence[str]:
+    """The parameters' names in torch's order: given, or the checkpoint's ``param_names``;
+    a parameter in two groups is refused, as torch refuses it."""
+    if names is None:
+        if not all("param_names" in g for g in torch_groups):
+            raise ValueError(
+                "This state_dict has no 'param_names': pass names=, the dotted parameter names "
+                "in the optimizer's order."
+            )
+        names = [n for g in torch_groups for n in g["param_names"]]
+    seen: dict[int, int] = {}
+    for i, group in enumerate(torch_groups):
+        for k in group["params"]:
+            if k in seen:
+                raise ValueError(
+                    f"some parameters appear in more than one parameter group: parameter {k} "
+                    f"is in param_groups[{seen[k]}] and param_groups[{i}]."
+                )
+            seen[k] = i
+    return names
+
+
+def _matching_group(
+    i: int,
+    torch_group: dict[str, Any],
+    positions: list[int],
+    members: dict[str | None, list[int]],
+    names: Sequence[str],
+) -> str | None:
+    """The label of the sgdx group that holds exactly torch group ``i``'s parameters."""
+    wanted = sorted(positions[k] for k in torch_group["params"])
+    for label, member in members.items():
+        if sorted(member) == wanted:
+            return label
+    raise ValueError(
+        f"param_groups[{i}] ({[names[k] for k in torch_group['params']][:5]}...) matches no "
+        "sgdx group: every torch group needs an sgdx group with exactly its parameters."
+    )
+
+
+def _loaded_momentum(
+    trace: TraceState,
+    indices: Sequence[int],
+    buffers: Mapping[int, Any],
+    positions: list[int],
+    leaves: list[Any],
+    names: Sequence[str],
+) -> TraceState:
+    """``trace`` with the checkpoint's ``momentum_buffer`` of each of the group's parameters
+    (``indices``, torch's numbering); one torch holds none for starts at its next gradient."""
+    buffer_leaves, treedef = jax.tree.flatten(trace.momentum_buffer, is_leaf=_tree.is_none)
+    flag_leaves = jax.tree.leaves(
+        _tree.per_leaf(trace.initialized, trace.momentum_buffer, "momentum flags"),
+        is_leaf=_tree.is_none,
+    )
+    for k in indices:
+        leaf = positions[k]
+        entry = buffers.get(k, {}).get("momentum_buffer")
+        if entry is None:
+            buffer_leaves[leaf] = _tree.zeros_like(buffer_leaves[leaf])
+            flag_leaves[leaf] = jnp.asarray(np.False_)
+            continue
+        value = _to_numpy(entry)
+        if value.shape != jnp.shape(leaves[leaf]):
+            raise ValueError(
+                f"The momentum buffer of {names[k]!r} has shape {value.shape}, the parameter "
+                f"{jnp.shape(leaves[leaf])}."
+            )
+        buffer_leaves[leaf] = jnp.asarray(value, buffer_leaves[leaf].dtype)
+        flag_leaves[leaf] = jnp.ones((), jnp.bool_)
+    return TraceState(
+        jax.tree.unflatten(treedef, buffer_leaves),
+        _tree.stack(jax.tree.unflatten(treedef, flag_leaves), jnp.bool_),
+    )
 
 
 def state_dict(
