@@ -180,7 +180,7 @@ def native_status() -> NativeStatus:
     Examples:
       >>> import sgdx
       >>> status = sgdx.native_status()
-      >>> status.available in (True, False) and isinstance(status.reason, str)
+      >>> status is sgdx.native_status()  # checked, loaded and registered once, at import
       True
     """
     try:

@@ -11,6 +11,7 @@ import pytest
 
 import sgdx
 from tests import oracle
+from tests.compiles import counted
 
 CONVENTIONS = ["pytorch", "sutskever"]
 CONFIG_IDS = [n for n, _ in oracle.CONFIGS]
@@ -86,19 +87,8 @@ def test_init_compiles_nothing_per_leaf_and_places_state_like_params(convention)
     device = jax.devices()[0]
     params = {f"l{i}": jnp.asarray(np.ones((i + 1, 89), np.float32)) for i in range(40)}
     params["committed"] = jax.device_put(np.ones((7, 89), np.float64), device)
-    compiles = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(duration)
-
-    if not hasattr(jax.monitoring, "unregister_event_duration_listener"):
-        pytest.skip("this jax cannot unregister a monitoring listener")
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with counted() as compiles:
         state = tx.init(params)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []
     buffers = state.momentum.momentum_buffer if convention == "pytorch" else state.momentum.velocity
     expected = jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params)

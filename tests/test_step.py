@@ -14,6 +14,7 @@ from jax import export
 
 import sgdx
 from tests import oracle
+from tests.compiles import counted
 
 
 def test_native_kernel_is_built_here():
@@ -126,19 +127,8 @@ def test_step_outside_jit_is_the_jitted_step():
     before = jax.tree.map(np.asarray, (params, state))
     jitted = jax.jit(lambda *a: sgdx.step(opt, *a))(params, grads, state)
     chex.assert_trees_all_equal(sgdx.step(opt, params, grads, state), jitted)
-    compiles = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(duration)
-
-    if not hasattr(jax.monitoring, "unregister_event_duration_listener"):
-        pytest.skip("this jax cannot unregister a monitoring listener")
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with counted() as compiles:
         again = sgdx.step(opt, params, grads, state)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []  # the second call reuses what the first compiled
     chex.assert_trees_all_equal(again, jitted)
     chex.assert_trees_all_equal(jax.tree.map(np.asarray, (params, state)), before)
