@@ -121,8 +121,8 @@ def test_flax_train_state():
     chex.assert_trees_all_close(state.params, REFERENCE, rtol=1e-12)
 
 
-def test_flax_nnx_optimizer():
-    nnx = pytest.importorskip("flax.nnx")
+def nnx_linear(nnx):
+    """The plain run's linear model as an nnx module."""
 
     class Linear(nnx.Module):
         def __init__(self):
@@ -132,7 +132,13 @@ def test_flax_nnx_optimizer():
         def __call__(self, x):
             return x @ self.w[...] + self.b[...][None]
 
-    model = Linear()
+    return Linear()
+
+
+def test_flax_nnx_optimizer():
+    nnx = pytest.importorskip("flax.nnx")
+
+    model = nnx_linear(nnx)
     optimizer = nnx.Optimizer(model, sgdx.sgd(0.05, **HYPER), wrt=nnx.Param)
     for _ in range(STEPS):
         grads = nnx.grad(lambda m: jnp.mean((m(X) - Y) ** 2))(model)
@@ -141,8 +147,8 @@ def test_flax_nnx_optimizer():
     np.testing.assert_allclose(model.b[...], REFERENCE["b"], rtol=1e-12, atol=1e-15)
 
 
-def test_equinox_filter_loop_with_non_array_leaves():
-    eqx = pytest.importorskip("equinox")
+def eqx_linear(eqx):
+    """The plain run's linear model as an Equinox module, with non-array leaves."""
 
     class Model(eqx.Module):
         w: jax.Array
@@ -153,7 +159,13 @@ def test_equinox_filter_loop_with_non_array_leaves():
         def __call__(self, x):
             return self.activation(x @ self.w + self.b[None])
 
-    model = Model(INIT["w"], INIT["b"])
+    return Model(INIT["w"], INIT["b"])
+
+
+def test_equinox_filter_loop_with_non_array_leaves():
+    eqx = pytest.importorskip("equinox")
+
+    model = eqx_linear(eqx)
     tx = sgdx.sgd(0.05, **HYPER)
     state = tx.init(eqx.filter(model, eqx.is_array))
 
@@ -194,15 +206,7 @@ def test_flax_train_state_with_the_in_place_step():
 def test_flax_nnx_with_the_in_place_step():
     nnx = pytest.importorskip("flax.nnx")
 
-    class Linear(nnx.Module):
-        def __init__(self):
-            self.w = nnx.Param(INIT["w"])
-            self.b = nnx.Param(INIT["b"])
-
-        def __call__(self, x):
-            return x @ self.w[...] + self.b[...][None]
-
-    model = Linear()
+    model = nnx_linear(nnx)
     tx = sgdx.sgd(0.05, **HYPER)
     opt_state = tx.init(nnx.state(model, nnx.Param))
 
@@ -222,15 +226,7 @@ def test_flax_nnx_with_the_in_place_step():
 def test_equinox_with_the_in_place_step():
     eqx = pytest.importorskip("equinox")
 
-    class Model(eqx.Module):
-        w: jax.Array
-        b: jax.Array
-        activation: object = eqx.field(static=False, default=lambda z: z)
-
-        def __call__(self, x):
-            return self.activation(x @ self.w + self.b[None])
-
-    model = Model(INIT["w"], INIT["b"])
+    model = eqx_linear(eqx)
     tx = sgdx.sgd(0.05, **HYPER)
     state = tx.init(eqx.filter(model, eqx.is_array))
 
