@@ -869,6 +869,11 @@ def test_a_parameter_without_requires_grad_stays_frozen_and_keeps_its_buffer():
 # ----------------------------------------------- the contract, over random runs
 
 
+# torch's nested SequentialLR / ChainedScheduler, built on one optimizer, apply their first
+# steps twice (0.8 * 0.5 at the start where each child alone gives 0.5): until the first
+# milestone no conversion follows it, and from_torch refuses a hand-over there
+REFUSED_AT_THE_START = ("SequentialLR of ChainedScheduler",)
+
 RANDOM_SCHEDULERS = {  # those of any group count, and two with one rule for all groups
     **{name: make for name, make in SCHEDULERS.items() if name not in ("OneCycleLR", "CyclicLR")},
     "OneCycleLR": lambda o: lr_scheduler.OneCycleLR(o, 0.5, total_steps=40, three_phase=True),
@@ -932,15 +937,19 @@ def test_random_runs_hand_over_both_ways_with_torchs_numbers(run):
         return optimizer, RANDOM_SCHEDULERS[run["scheduler"]](optimizer)
 
     with jax.numpy_dtype_promotion("standard"):  # the lambdas' float ** int, as users write
-        hand_over_and_back(
-            make,
-            run["dtype"],
-            total=run["to_torch"] + 5,
-            to_jax=run["to_jax"],
-            to_torch=run["to_torch"],
-            per_epoch=run["per_epoch"],
-            frozen_until=run["frozen_until"],
-        )
+        try:
+            hand_over_and_back(
+                make,
+                run["dtype"],
+                total=run["to_torch"] + 5,
+                to_jax=run["to_jax"],
+                to_torch=run["to_torch"],
+                per_epoch=run["per_epoch"],
+                frozen_until=run["frozen_until"],
+            )
+        except ValueError as refused:  # the other outcome: refused before anything is built
+            assert "torch's own scheduler, stepped on a copy, is the reference" in str(refused)
+            assert run["scheduler"] in REFUSED_AT_THE_START, run["scheduler"]
 
 
 def test_a_parameter_in_two_groups_is_refused_with_torchs_words():
@@ -956,3 +965,26 @@ def test_a_parameter_in_two_groups_is_refused_with_torchs_words():
         torch_interop.load_state_dict(
             checkpoint, run.state, run.params, names, nesterov=False, maximize=False
         )
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+def test_a_conversion_that_torch_does_not_follow_is_refused():
+    """Checked against torch's own scheduler, stepped on a copy: nested schedulers built on
+    one optimizer take their first steps twice, which no conversion sees, so a hand-over
+    before the first milestone is refused, naming the group, the step and both values;
+    after it the conversion is torch's."""
+
+    def make(model):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        return optimizer, SCHEDULERS["SequentialLR of ChainedScheduler"](optimizer)
+
+    model = Net(torch.float64)
+    optimizer, scheduler = make(model)
+    torch_step(model, optimizer, 0)
+    scheduler.step()
+    with pytest.raises(
+        ValueError,
+        match=r"param group 0's lr to 0\.00256 at scheduler step 2, where its conversion gives "
+        r"0\.0032",
+    ):
+        torch_interop.from_torch(optimizer, model, scheduler)

@@ -19,6 +19,7 @@ from sgdx._plateau import ReduceLROnPlateau, ReduceLROnPlateauState, reduce_lr_o
 from sgdx._sgd_state import dotted
 from sgdx.interop.torch._common import _SGD_KEYS, _groups, _to_numpy, _torch, leaf_names
 from sgdx.interop.torch._schedulers import (
+    _check_against_torch,
     _check_scheduler,
     _detached,
     _given_schedules,
@@ -104,7 +105,11 @@ def from_torch(
     cannot be carried exactly is refused before anything is built: a scheduler that is not
     torch's (timm's), one bound to another optimizer or built before ``add_param_group``, one
     stepped with fractional epochs (``CosineAnnealingWarmRestarts.step(epoch + i / iters)``):
-    pass ``scheduler=None``, ``schedules`` and ``count`` for those. Every group key that is
+    pass ``scheduler=None``, ``schedules`` and ``count`` for those. Every conversion (and
+    every ``schedules=`` given beside a torch scheduler) is checked against torch's own
+    scheduler, stepped on a copy for the next 256 scheduler steps, and refused where the
+    two differ (nested schedulers built on one optimizer can interact in ways no
+    conversion sees). Every group key that is
     not SGD's (timm's ``lr_scale``, ...) is kept for :func:`to_torch`. A parameter with
     ``requires_grad=False`` stays frozen (``param_groups(..., frozen=...)``: its gradient is
     ignored, as autograd leaves its ``grad`` ``None``), in its group and with its buffer.
@@ -178,6 +183,8 @@ def from_torch(
     elif scheduler is not None and not is_plateau:
         lrs = [_schedule(scheduler, i) for i in range(n_groups)]
         momenta = [_momentum_schedule(scheduler, i) for i in range(n_groups)]
+    if scheduler is not None and not is_plateau:
+        _check_against_torch(_detached(scheduler, optimizer), lrs, momenta, steps)
     if steps_per_epoch is not None:
         per = functools.partial(_schedules.per_epoch, steps_per_epoch=steps_per_epoch)
         lrs = [per(s) for s in lrs]

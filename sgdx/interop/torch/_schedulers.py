@@ -11,7 +11,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from sgdx import _hyperparams
 from sgdx import schedules as _schedules
 from sgdx._base import Schedule
 from sgdx.interop.torch._common import _torch
@@ -292,3 +294,50 @@ def _scheduler_state(
         extra = {k: v for k, v in group.items() if k not in ("params", "param_names", *entry)}
         entry.update(extra, lr=group["lr"], momentum=group["momentum"])
     return scheduler.state_dict()  # type: ignore[no-any-return]
+
+
+# How many scheduler steps ahead a conversion is checked against torch's own scheduler.
+_HORIZON = 256
+
+
+def _check_against_torch(
+    detached: Any, lrs: list[Schedule], momenta: list[Schedule | None], position: int
+) -> None:
+    """Raises unless the sgdx schedules give, for the next ``_HORIZON`` scheduler steps from
+    ``position``, the learning rates (and momenta, where they are scheduled) that torch's
+    own scheduler sets: a copy of it (``detached``, on a stand-in optimizer) is stepped
+    forward and compared step by step. What from_torch converts is then torch's by test,
+    not by assumption."""
+    scheduler = copy.deepcopy(detached)
+    expected: list[list[tuple[float, float]]] = []
+    with warnings.catch_warnings():  # the stand-in optimizer's step is not wrapped
+        warnings.simplefilter("ignore")
+        for _ in range(_HORIZON):
+            try:
+                scheduler.optimizer.step()
+                scheduler.step()
+            except Exception:  # past a finite schedule's end, where torch's
+                break  # run raises too (OneCycleLR; a LambdaLR's function out of its range)
+            expected.append(
+                [(float(g["lr"]), float(g["momentum"])) for g in scheduler.optimizer.param_groups]
+            )
+    if not expected:
+        return
+    counts = jnp.arange(position + 1, position + 1 + len(expected), dtype=jnp.int32)
+    rtol = 1e-12 if _hyperparams.default_float() == np.float64 else 1e-6
+    for i, (lr, momentum) in enumerate(zip(lrs, momenta, strict=True)):
+        for name, schedule, k in (("lr", lr, 0), ("momentum", momentum, 1)):
+            if schedule is None:
+                continue
+            ours = np.asarray(jax.vmap(schedule)(counts), np.float64)
+            theirs = np.asarray([step[i][k] for step in expected])
+            wrong = np.flatnonzero(~np.isclose(ours, theirs, rtol=rtol, atol=0))
+            if wrong.size:
+                at = int(wrong[0])
+                raise ValueError(
+                    f"from_torch: the {type(detached).__name__} sets param group {i}'s {name} to "
+                    f"{float(theirs[at])!r} at scheduler step {position + 1 + at}, where its "
+                    f"conversion gives {float(ours[at])!r} (torch's own scheduler, stepped on a "
+                    "copy, is the reference: nested schedulers can interact in ways a "
+                    "conversion cannot see). Pass schedules=[...] that follow it, one per group."
+                )
