@@ -6,7 +6,6 @@ from sgdx import (
     schedules,
     sharding,
 )
-from sgdx._alias import sgd
 from sgdx._base import (
     EmptyState,
     GradientTransformation,
@@ -23,7 +22,6 @@ from sgdx._groups import (
     param_groups,
     set_hyperparams,
 )
-from sgdx._guard import SkipNonFiniteState, skip_nonfinite
 from sgdx._inject import InjectHyperparamsState, inject_hyperparams
 from sgdx._kernel import NativeStatus, native_status
 from sgdx._momentum import SutskeverTraceState, TraceState, sutskever_trace, trace
@@ -33,7 +31,9 @@ from sgdx._rounding import (
     round_stochastically,
     stochastic_rounding,
 )
+from sgdx._sgd import sgd
 from sgdx._sgd_state import SGDState, momentum_buffers
+from sgdx._skip_nonfinite import SkipNonFiniteState, skip_nonfinite
 from sgdx._step import step
 from sgdx._transforms import (
     ScaleByLearningRateState,

@@ -7,12 +7,12 @@ from jax import export
 
 from sgdx._base import EmptyState
 from sgdx._groups import ParamGroupsState
-from sgdx._guard import SkipNonFiniteState
 from sgdx._inject import InjectHyperparamsState
 from sgdx._momentum import SutskeverTraceState, TraceState
 from sgdx._plateau import ReduceLROnPlateauState
 from sgdx._rounding import StochasticRoundingState
 from sgdx._sgd_state import SGDState
+from sgdx._skip_nonfinite import SkipNonFiniteState
 from sgdx._transforms import ScaleByLearningRateState
 
 for _state in (

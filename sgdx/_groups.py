@@ -11,9 +11,9 @@ import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path
 
 from sgdx import _hyperparams, _step, _tree
-from sgdx._alias import sgd
 from sgdx._base import GradientTransformation, Params, PyTree, Updates
 from sgdx._inject import InjectHyperparamsState, inject_hyperparams
+from sgdx._sgd import sgd
 
 _SGD_ARGUMENTS = tuple(inspect.signature(sgd).parameters)
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgdx import _alias, _hyperparams, _kernel_primitive, _sgd_state, _step, _tree, _warn
+from sgdx import _hyperparams, _kernel_primitive, _sgd, _sgd_state, _step, _tree, _warn
 from sgdx._base import (
     GradientTransformation,
     OptState,
@@ -52,7 +52,7 @@ def _reference(
     n = len(leaves) // 3
     params, grads, buffers = (list(leaves[k * n : (k + 1) * n]) for k in range(3))
     lr, momentum, dampening, weight_decay = hyper  # HYPERPARAMETERS' order
-    tx = _alias.sgd(lr, momentum, dampening, weight_decay, nesterov, maximize=maximize, fused=False)
+    tx = _sgd.sgd(lr, momentum, dampening, weight_decay, nesterov, maximize=maximize, fused=False)
     state = tx.init(params)._replace(momentum=TraceState(buffers, flags))
     updates, state = tx.update(grads, state, params)
     return [*apply_updates(params, updates), *state.momentum.momentum_buffer]

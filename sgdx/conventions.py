@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgdx import _hyperparams, _sgd_state, _tree
-from sgdx._alias import sgd
 from sgdx._base import EmptyState, OptState, Params, ScalarOrSchedule, apply_updates
 from sgdx._groups import ParamGroupsState
 from sgdx._inject import InjectHyperparamsState
 from sgdx._momentum import SutskeverTraceState, TraceState
+from sgdx._sgd import sgd
 from sgdx._sgd_state import SGDState
 from sgdx._transforms import ScaleByLearningRateState
 
