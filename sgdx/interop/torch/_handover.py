@@ -183,8 +183,11 @@ def from_torch(
     elif scheduler is not None and not is_plateau:
         lrs = [_schedule(scheduler, i) for i in range(n_groups)]
         momenta = [_momentum_schedule(scheduler, i) for i in range(n_groups)]
+    # the scheduler as it is now, on a stand-in optimizer: checked against here, and
+    # stepped forward by to_torch
+    detached = None if scheduler is None else _detached(scheduler, optimizer)
     if scheduler is not None and not is_plateau:
-        _check_against_torch(_detached(scheduler, optimizer), lrs, momenta, steps)
+        _check_against_torch(detached, lrs, momenta, steps)
     if steps_per_epoch is not None:
         per = functools.partial(_schedules.per_epoch, steps_per_epoch=steps_per_epoch)
         lrs = [per(s) for s in lrs]
@@ -252,7 +255,7 @@ def from_torch(
         names=names,
         flags=flags,
         steps_per_epoch=steps_per_epoch,
-        scheduler=None if scheduler is None else _detached(scheduler, optimizer),
+        scheduler=detached,
         scheduler_steps=steps,
         group_keys=tuple(
             {k: v for k, v in g.items() if k not in ("params", "param_names", *_SGD_KEYS)}

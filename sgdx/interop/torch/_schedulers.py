@@ -148,6 +148,20 @@ def _children(scheduler: Any) -> list[Any]:
     return [scheduler, *(x for child in nested for x in _children(child))]
 
 
+def _cycling(scheduler: Any) -> list[Any]:
+    """The schedulers in ``scheduler`` (itself included) that cycle momentum."""
+    return [c for c in _children(scheduler) if getattr(c, "cycle_momentum", False)]
+
+
+def _step(scheduler: Any) -> None:
+    """One step of a detached scheduler as the run takes it: its stand-in optimizer's step,
+    then its own."""
+    with warnings.catch_warnings():  # the stand-in optimizer's step is not wrapped
+        warnings.simplefilter("ignore")
+        scheduler.optimizer.step()
+        scheduler.step()
+
+
 def _check_scheduler(scheduler: Any, optimizer: Any) -> None:
     """Raises unless ``scheduler`` is torch's, drives ``optimizer`` with all its groups, and
     is at a whole step: what from_torch can carry exactly."""
@@ -189,7 +203,7 @@ def _check_scheduler(scheduler: Any, optimizer: Any) -> None:
                 "schedules=[...] (one count -> lr per group over updates, e.g. "
                 "sgdx.schedules.cosine_annealing_warm_restarts over updates) and count=."
             )
-    cycling = [c for c in _children(scheduler) if getattr(c, "cycle_momentum", False)]
+    cycling = _cycling(scheduler)
     if cycling and cycling != [scheduler]:
         raise TypeError(
             f"from_torch: a {type(cycling[0]).__name__} that cycles momentum inside a "
@@ -232,7 +246,7 @@ def _given_schedules(
                 f"from_torch: schedules[{i}] is a {type(entry).__name__}; a group's entry is a "
                 "count -> lr function or {'learning_rate': ..., 'momentum': ...}."
             )
-    cycling = [c for c in _children(scheduler) if getattr(c, "cycle_momentum", False)]
+    cycling = _cycling(scheduler)
     if cycling and any(m is None for m in momenta):
         raise ValueError(
             f"from_torch: the {type(cycling[0]).__name__} cycles momentum (cycle_momentum="
@@ -285,11 +299,8 @@ def _scheduler_state(
             group["lr"] = entry["lr"]
         scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
     else:
-        with warnings.catch_warnings():  # the stand-in optimizer's step is not wrapped
-            warnings.simplefilter("ignore")
-            for _ in range(steps):
-                scheduler.optimizer.step()
-                scheduler.step()
+        for _ in range(steps):
+            _step(scheduler)
     for entry, group in zip(written["param_groups"], scheduler.optimizer.param_groups, strict=True):
         extra = {k: v for k, v in group.items() if k not in ("params", "param_names", *entry)}
         entry.update(extra, lr=group["lr"], momentum=group["momentum"])
@@ -310,17 +321,14 @@ def _check_against_torch(
     not by assumption."""
     scheduler = copy.deepcopy(detached)
     expected: list[list[tuple[float, float]]] = []
-    with warnings.catch_warnings():  # the stand-in optimizer's step is not wrapped
-        warnings.simplefilter("ignore")
-        for _ in range(_HORIZON):
-            try:
-                scheduler.optimizer.step()
-                scheduler.step()
-            except Exception:  # past a finite schedule's end, where torch's
-                break  # run raises too (OneCycleLR; a LambdaLR's function out of its range)
-            expected.append(
-                [(float(g["lr"]), float(g["momentum"])) for g in scheduler.optimizer.param_groups]
-            )
+    for _ in range(_HORIZON):
+        try:
+            _step(scheduler)
+        except Exception:  # past a finite schedule's end, where torch's
+            break  # run raises too (OneCycleLR; a LambdaLR's function out of its range)
+        expected.append(
+            [(float(g["lr"]), float(g["momentum"])) for g in scheduler.optimizer.param_groups]
+        )
     if not expected:
         return
     counts = jnp.arange(position + 1, position + 1 + len(expected), dtype=jnp.int32)
