@@ -4,23 +4,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from tests import oracle
-from tests.test_distributed import ROOT
+from tests import oracle, processes
 
 
 def test_accelerator_script_smoke_run(tmp_path):
     out = tmp_path / "report.json"
-    result = subprocess.run(
-        [sys.executable, "benchmarks/accelerator.py", "--smoke", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    processes.run(["benchmarks/accelerator.py", "--smoke", "--out", str(out)], timeout=600)
     report = json.loads(out.read_text())
     assert report["device"].startswith("cpu")
     parity = report["parity"]

@@ -3,49 +3,31 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).parents[1]
-
-
-def environment(devices: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
+from tests import processes
 
 
 def test_data_parallel_modes_match_the_single_device_run():
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.distributed.data_parallel"],
-        cwd=ROOT,
-        env=environment(8),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    found = processes.report(["-m", "tests.distributed.data_parallel"], processes.environment(8))
     for mode in ("named_sharding", "shard_map", "pmap", "zero1", "fused_sharded"):
-        assert report[mode] < 1e-13, (mode, report[mode])
-    assert report["pmap_replica_spread"] == 0.0
+        assert found[mode] < 1e-13, (mode, found[mode])
+    assert found["pmap_replica_spread"] == 0.0
     # the pitfall: pmean of per-device gradients of replicated params is 8x the gradient
-    assert abs(report["naive_gradient_ratio"] - 8.0) < 1e-9
-    assert report["shard_map_naive"] > 1e-2
-    assert report["zero1_layout"] == {
+    assert abs(found["naive_gradient_ratio"] - 8.0) < 1e-9
+    assert found["shard_map_naive"] > 1e-2
+    assert found["zero1_layout"] == {
         "buffer_shard_rows": [2],
         "buffer_rows": 16,
         "params_replicated": True,
     }
-    assert report["eager_init_layout"] == {"same_sharding": True, "zeros": True}
-    assert report["fused_sharded_layout"] is True
+    assert found["eager_init_layout"] == {"same_sharding": True, "zeros": True}
+    assert found["fused_sharded_layout"] is True
 
 
 @pytest.mark.parametrize("partitioner", ["shardy", "gspmd"])
@@ -53,18 +35,10 @@ def test_native_kernel_runs_per_shard_in_every_layout(partitioner):
     """``sgdx.step`` on 8 devices calls the kernel on each device's shards (row-sharded,
     replicated, ZeRO-1, inside shard_map, on one of the 8), with no collective but ZeRO-1's
     gather of the parameters, the shardings kept, and the pure-JAX path's numbers."""
-    env = environment(8)
+    env = processes.environment(8)
     env["JAX_USE_SHARDY_PARTITIONER"] = str(partitioner == "shardy").lower()
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.distributed.kernel_per_shard"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    status, *meshes = (json.loads(line) for line in result.stdout.strip().splitlines())
+    output = processes.run(["-m", "tests.distributed.kernel_per_shard"], env)
+    status, *meshes = (json.loads(line) for line in output.strip().splitlines())
     if not status["status"]:
         pytest.skip("the native kernel is not available")
     layouts = {
@@ -90,7 +64,7 @@ def test_two_processes_train_identically_and_match_one_process(tmp_path):
 
     port = free_port()
     outs = [tmp_path / f"process{i}.npz" for i in range(2)]
-    processes = [
+    workers = [
         subprocess.Popen(
             [
                 sys.executable,
@@ -100,8 +74,8 @@ def test_two_processes_train_identically_and_match_one_process(tmp_path):
                 str(port),
                 str(outs[i]),
             ],
-            cwd=ROOT,
-            env=environment(2),
+            cwd=processes.ROOT,
+            env=processes.environment(2),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -110,13 +84,13 @@ def test_two_processes_train_identically_and_match_one_process(tmp_path):
     ]
     logs = []
     try:
-        for process in processes:
+        for process in workers:
             _, stderr = process.communicate(timeout=180)
             logs.append(stderr[-2000:])
     finally:
-        for process in processes:
+        for process in workers:
             process.kill()
-    assert [p.returncode for p in processes] == [0, 0], logs
+    assert [p.returncode for p in workers] == [0, 0], logs
     first, second = (dict(np.load(out)) for out in outs)
     expected = reference()
     for name, value in first.items():

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-EXAMPLES = Path(__file__).parents[1] / "examples"
+from tests import processes
 
-
-def run(script: str) -> str:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+EXAMPLES = processes.ROOT / "examples"
 
 
 def test_resume_from_torch_round_trip_tracks_torch():
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
-    output = run("resume_from_torch.py")
+    output = processes.run([str(EXAMPLES / "resume_from_torch.py")])
     rows = [line.split() for line in output.splitlines() if line[:6].strip().isdigit()]
     assert [int(r[0]) for r in rows][:3] == [4, 8, 9] and int(rows[-1][0]) == 60
     for row in rows:
@@ -36,7 +25,7 @@ def test_resume_from_torch_round_trip_tracks_torch():
 
 # Each script runs in a process of its own (as a user runs it; data_parallel.py sets the
 # device count before JAX starts); what the test reads are the script's own results, its
-# globals after the run, written as JSON: not what it prints.
+# globals after the run, printed as JSON on the last line: not what the script prints.
 GLOBALS = """
 import json, runpy, sys
 import jax, numpy as np
@@ -45,22 +34,14 @@ out = {}
 for name in sys.argv[2:]:
     value = eval(name, ns)
     out[name] = [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(value)]
-print("GLOBALS" + json.dumps(out))
+print(json.dumps(out))
 """
 
 
 def script_globals(script: str, *names: str) -> dict:
     """``names`` (expressions over the script's globals) after running ``script``, each as
     the list of its pytree leaves."""
-    result = subprocess.run(
-        [sys.executable, "-c", GLOBALS, str(EXAMPLES / script), *names],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("GLOBALS"))
-    return json.loads(line[len("GLOBALS") :])
+    return processes.report(["-c", GLOBALS, str(EXAMPLES / script), *names])
 
 
 def test_optax_chain_learns_the_weights():

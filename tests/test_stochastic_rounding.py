@@ -3,9 +3,6 @@ stalls, reproducible from its seed, and the same under jit, vmap and sharding.""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -14,7 +11,7 @@ import numpy as np
 import pytest
 
 import sgdx
-from tests.test_distributed import ROOT, environment
+from tests import processes
 
 
 def _spacing(x: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -186,14 +183,5 @@ SHARDED = textwrap.dedent(
 
 
 def test_sharded_parameters_round_as_unsharded_ones():
-    result = subprocess.run(
-        [sys.executable, "-c", SHARDED],
-        cwd=ROOT,
-        env=environment(4),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"equal": True, "sharded": True, "moved": True}
+    found = processes.report(["-c", SHARDED], processes.environment(4))
+    assert found == {"equal": True, "sharded": True, "moved": True}
