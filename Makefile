@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint docs
+.PHONY: demo test lint docs wheel
 
 $(VENV)/.installed: pyproject.toml constraints.txt setup.py sgdx/_native/sgd_step.cc
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,7 @@ docs: $(VENV)/.installed
 
 test: lint docs
 	$(BIN)/python -m pytest
+
+# the release wheel (manylinux), in dist/
+wheel: $(VENV)/.installed
+	$(BIN)/python tools/build_wheel.py dist

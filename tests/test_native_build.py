@@ -2,13 +2,17 @@
 its own per environment, which must survive, report why the kernel is or is not available,
 and step to the reference path's numbers either way.
 
-A wheel is built once from this tree (with ``CXX`` a compiler wrapper with flags, as
-``ccache g++`` is) and installed with ``pip --target`` (and, in one test, into a fresh
-venv); each test runs this interpreter with that installation first on ``sys.path``.
+The release wheel is built once from this tree (``tools/build_wheel.py``: manylinux, the
+kernel built with the oldest declared jax's headers) and installed with ``pip --target`` or
+into fresh venvs with each end of the declared jax range and its middle; each test runs a
+fresh interpreter with that installation first on ``sys.path``. Source installs are built
+with ``CXX`` a compiler wrapper with flags (as ``ccache g++`` is), or with none.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import re
 import shutil
@@ -19,12 +23,16 @@ import venv
 import zipfile
 from pathlib import Path
 
+import jax
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILER = shutil.which("g++") or shutil.which("c++")
 if COMPILER is None or not (ROOT / "setup.py").exists():
     pytest.skip("no C++ compiler or no source tree to build sgdx from", allow_module_level=True)
+RELEASE_TOOLS = ["ziglang", "auditwheel"]  # the release extra, which builds the release wheel
+(DECLARED_JAX,) = [r for r in importlib.metadata.requires("sgdx") or [] if r.startswith("jax")]
+LOWEST_JAX = re.search(r">=([\w.]+)", DECLARED_JAX)[1]  # type: ignore[index]
 
 SCRIPT = textwrap.dedent(
     """
@@ -58,7 +66,7 @@ SCRIPT = textwrap.dedent(
     """
 )
 # what a package needs to build: the rest of the tree (tests, docs) is not part of it
-PACKAGE = ["pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in", "sgdx"]
+PACKAGE = ["pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in", "sgdx", "tools"]
 NO_COMPILER = "/nonexistent/g++"
 
 
@@ -93,15 +101,28 @@ def install(source: Path, target: Path, env: dict[str, str] | None = None) -> Pa
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """sgdx's wheel, built from this tree with ``CXX`` a wrapper with flags."""
+    """sgdx's release wheel, built from a copy of this tree as ``make wheel`` builds it."""
+    missing = [tool for tool in RELEASE_TOOLS if importlib.util.find_spec(tool) is None]
+    if missing:
+        pytest.skip(f"the release build needs {missing}: pip install -e '.[release]'")
     tmp = tmp_path_factory.mktemp("wheel")
+    tree = copy_tree(tmp / "tree")
+    result = subprocess.run(
+        [sys.executable, str(tree / "tools" / "build_wheel.py"), str(tmp / "dist")],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return Path(result.stdout.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def source_built(tmp_path_factory) -> Path:
+    """sgdx installed from source with ``CXX`` a compiler wrapper with flags."""
+    tmp = tmp_path_factory.mktemp("source")
     wrapper = tmp / "ccache-like"
     wrapper.write_text(f'#!/bin/sh\nexec {COMPILER} "$@"\n')
     wrapper.chmod(0o755)
-    pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"),
-        str(copy_tree(tmp / "tree")), env={"CXX": f"{wrapper} -O2"})  # fmt: skip
-    (built,) = (tmp / "dist").glob("*.whl")
-    return built
+    return install(copy_tree(tmp / "tree"), tmp / "site", env={"CXX": f"{wrapper} -O2"})
 
 
 @pytest.fixture
@@ -126,10 +147,10 @@ def report(returncode: int, stdout: str, stderr: str, site: Path | None) -> dict
     return out
 
 
-def run(site: Path | None, env_changes=None, python=sys.executable, timeout=300):
-    """SCRIPT in a fresh process, in :func:`environment`."""
+def run(site: Path | None, env_changes=None, python=sys.executable, timeout=300, prefix=""):
+    """SCRIPT (after ``prefix``) in a fresh process, in :func:`environment`."""
     result = subprocess.run(
-        [python, "-c", SCRIPT], capture_output=True, text=True, timeout=timeout,
+        [python, "-c", prefix + SCRIPT], capture_output=True, text=True, timeout=timeout,
         env=environment(site, env_changes, python),
         cwd=Path(python).parent,  # not this tree, whose sgdx would come first
     )  # fmt: skip
@@ -144,27 +165,56 @@ def assert_reference_numbers(out, available):
     assert out["warnings"] == ("0" if available else "1"), out
 
 
-def test_wheel_carries_the_kernel_for_any_cpython_and_any_x86_64(wheel):
-    """One wheel per platform (the library uses no Python API), with baseline code only
-    outside the loops that the loader picks by CPU (which would otherwise die of SIGILL on
-    a CPU without AVX)."""
-    assert re.fullmatch(r"sgdx-[\w.]+-cp310-abi3-\w+\.whl", wheel.name), wheel.name
-    with zipfile.ZipFile(wheel) as archive:
-        (library,) = [n for n in archive.namelist() if "libsgdx_sgd_step" in n]
-        data = archive.read(library)
-    if sys.platform != "linux" or os.uname().machine != "x86_64" or not shutil.which("objdump"):
-        pytest.skip("the instruction check reads an x86-64 ELF with objdump")
-    (wheel.parent / "lib.so").write_bytes(data)
-    listing = subprocess.run(
-        ["objdump", "-d", "--no-show-raw-insn", "-C", str(wheel.parent / "lib.so")],
+def test_release_wheel_is_manylinux_for_any_cpython(wheel):
+    """One wheel per platform (the library uses no Python API) that a package index takes:
+    auditwheel finds no symbol newer than glibc 2.17 and no library outside the manylinux
+    policy (the C++ runtime is linked in), and the kernel was built with the oldest declared
+    jax's FFI headers, so that it runs with every declared jax."""
+    assert re.fullmatch(r"sgdx-[\w.]+-cp310-abi3-manylinux2014_x86_64\.manylinux_2_17_x86_64\.whl",
+                        wheel.name), wheel.name  # fmt: skip
+    shown = subprocess.run(
+        [sys.executable, "-m", "auditwheel", "show", str(wheel)],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    functions = re.split(r"\n(?=[0-9a-f]+ <)", listing)
-    clones = [f for f in functions if re.match(r"[0-9a-f]+ <.*\[clone \.avx(2|512f)\]>:", f)]
-    baseline = [f for f in functions if f not in clones]
-    assert len(clones) == 2 * 2 * 32  # avx2 and avx512f, 2 dtypes, 32 flag combinations
-    assert any("%zmm" in f for f in clones) and any("%ymm" in f for f in clones)
+    assert 'consistent with the following platform tag: "manylinux_2_17_x86_64"' in " ".join(
+        shown.split()
+    ), shown
+    with zipfile.ZipFile(wheel) as archive:
+        (library,) = [n for n in archive.namelist() if "libsgdx_sgd_step" in n]
+        assert f" {LOWEST_JAX}\0".encode() in archive.read(library)
+
+
+@pytest.fixture
+def instructions(source_built):
+    """The source-built library's functions, disassembled."""
+    if sys.platform != "linux" or os.uname().machine != "x86_64" or not shutil.which("objdump"):
+        pytest.skip("the instruction check reads an x86-64 ELF with objdump")
+    (library,) = source_built.glob("sgdx/_native/libsgdx_sgd_step.*")
+    listing = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", "-C", str(library)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return re.split(r"\n(?=[0-9a-f]+ <)", listing)
+
+
+def test_only_the_loops_chosen_by_cpu_use_wide_registers(instructions):
+    """Baseline x86-64 code outside the loops that the library picks by CPU (which would
+    otherwise die of SIGILL on a CPU without AVX), and a loop of each instruction set for
+    each dtype."""
+    loops = {isa: [f for f in instructions if re.match(rf"[0-9a-f]+ <.*::Loop{isa}<", f)]
+             for isa in ("Avx2", "Avx512")}  # fmt: skip
+    for isa, register in [("Avx2", "%ymm"), ("Avx512", "%zmm")]:
+        for dtype in ("float", "double"):
+            mine = [f for f in loops[isa] if f"Loop{isa}<{dtype}," in f.split("\n", 1)[0]]
+            assert mine and any(register in f for f in mine), (isa, dtype)
+    baseline = [f for f in instructions if not any(f in chosen for chosen in loops.values())]
     assert not [f.split("\n", 1)[0] for f in baseline if re.search(r"%[yz]mm", f)]
+
+
+def test_source_install_with_a_compiler_wrapper_builds_the_kernel(source_built):
+    out = run(source_built)
+    assert_reference_numbers(out, True)
+    assert out["reason"].startswith(f"loaded {source_built}")
 
 
 def test_installed_wheel_runs_natively_without_a_compiler(installed):
@@ -173,25 +223,41 @@ def test_installed_wheel_runs_natively_without_a_compiler(installed):
     assert out["reason"].startswith(f"loaded {installed}")
 
 
+# a computation before sgdx is imported: the backend has started when the kernel registers
+COMPUTE_FIRST = "import jax.numpy as jnp\nassert float(jnp.ones(3).sum()) == 3.0\n"
+
+
 @pytest.mark.slow
-def test_fresh_venv_from_the_wheel(wheel, tmp_path):
+@pytest.mark.parametrize("version", [LOWEST_JAX, "0.8.0", "newest"])
+def test_fresh_venv_from_the_wheel_with_each_declared_jax(wheel, tmp_path, version):
     """A new user's install: a fresh venv, the wheel and its dependencies from the package
-    index, no compiler on PATH, a read-only home."""
+    index with the oldest declared jax, one in the middle or the newest, no compiler on PATH,
+    a read-only home. The kernel runs on each, whether sgdx registers it before JAX's
+    backend starts or after a first computation."""
     venv.create(tmp_path / "venv", with_pip=True)
     python = str(tmp_path / "venv" / "bin" / "python")
-    constraints = ROOT / "constraints.txt"
-    pip("install", "--quiet", "-c", str(constraints), str(wheel), python=python)
-    out = run(None, {"HOME": "/proc/sgdx-read-only-home"}, python=python)
-    assert_reference_numbers(out, True)
-    assert out["file"].startswith(str(tmp_path / "venv"))
+    pins = [] if version == "newest" else [f"jax=={version}", f"jaxlib=={version}"]
+    pip("install", "--quiet", "-c", str(ROOT / "constraints.txt"), str(wheel), *pins,
+        python=python)  # fmt: skip
+    installed = subprocess.run(
+        [python, "-c", "import jax; print(jax.__version__)"], capture_output=True, text=True
+    ).stdout.strip()
+    assert installed == (jax.__version__ if version == "newest" else version)
+    for prefix in ("", COMPUTE_FIRST):
+        out = run(None, {"HOME": "/proc/sgdx-read-only-home"}, python=python, prefix=prefix)
+        assert_reference_numbers(out, True)
+        assert out["file"].startswith(str(tmp_path / "venv"))
 
 
 @pytest.mark.parametrize("cxx", [NO_COMPILER, "no-such-compiler"])
 def test_source_install_without_a_compiler_installs_and_falls_back(tmp_path, cxx):
-    tree = copy_tree(tmp_path / "tree")
-    site = install(
-        tree, tmp_path / "site", env={"CXX": cxx, "PATH": str(Path(sys.executable).parent)}
-    )
+    """The build says in one line what is lost and how to get it (pip shows a build's
+    output with -v), and the installed sgdx gives the reason again."""
+    tree, site = copy_tree(tmp_path / "tree"), tmp_path / "site"
+    output = pip("install", "-v", "--no-deps", "--no-build-isolation", "--target", str(site),
+                 str(tree), env={"CXX": cxx, "PATH": str(Path(sys.executable).parent)})  # fmt: skip
+    (line,) = [line for line in output.splitlines() if "sgdx: the native kernel" in line]
+    assert "not built" in line and "install a C++ compiler" in line and "--no-cache-dir" in line
     assert not list(site.glob("sgdx/_native/libsgdx_sgd_step.*"))
     out = run(site)
     assert_reference_numbers(out, False)

@@ -14,8 +14,8 @@
 // that XLA emits no code around the call. The tree is cut into parts by element count, which
 // XLA's intra-op threads and the calling thread share (no thread is started per call).
 //
-// Built by the package's build (setup.py) for baseline x86-64: the loop is cloned for AVX2 and
-// AVX-512, and the loader picks the clone for the running CPU, so one binary runs on any x86-64.
+// Built by the package's build (setup.py) for baseline x86-64, with the loop also compiled for
+// AVX2 and AVX-512 and chosen on the running CPU, so one binary runs on any x86-64.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -27,11 +27,10 @@
 
 namespace ffi = xla::ffi;
 
-#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
-#define SGDX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SGDX_CLONES
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SGDX_X86_64 1
 #endif
+
 
 namespace {
 
@@ -46,10 +45,10 @@ struct Leaf {
 };
 
 // One loop per combination of the flags, so that the compiler sees a branch-free body and
-// vectorizes it: out = p - lr * d.
+// vectorizes it: out = p - lr * d. Compiled into each instruction set's function below.
 template <typename T, bool kMaximize, bool kDecay, bool kMomentum, bool kNesterov, bool kStarted>
-SGDX_CLONES void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum,
-                             T keep, T wd) {
+[[gnu::always_inline]] inline void Loop(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr,
+                                        T momentum, T keep, T wd) {
   const T* p = leaf.p;
   T* out = leaf.out;
   const T* __restrict g = leaf.g;
@@ -67,11 +66,45 @@ SGDX_CLONES void UpdateRange(const Leaf<T>& leaf, int64_t begin, int64_t end, T 
   }
 }
 
+// The instruction sets the loops are built for, the widest the running CPU has chosen once
+// per process: everything outside LoopAvx2 / LoopAvx512 is baseline code.
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+#define SGDX_LOOP(name, attributes)                                                       \
+  template <typename T, bool... kFlags>                                                   \
+  attributes void name(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, \
+                       T keep, T wd) {                                                    \
+    Loop<T, kFlags...>(leaf, begin, end, lr, momentum, keep, wd);                         \
+  }
+SGDX_LOOP(LoopBaseline, )
+#ifdef SGDX_X86_64
+SGDX_LOOP(LoopAvx2, __attribute__((target("avx2"))))
+SGDX_LOOP(LoopAvx512, __attribute__((target("avx512f"))))
+Isa RunningIsa() {
+  __builtin_cpu_init();  // before any constructor of the process's may have run it
+  if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
+  return __builtin_cpu_supports("avx2") ? Isa::kAvx2 : Isa::kBaseline;
+}
+#else
+Isa RunningIsa() { return Isa::kBaseline; }
+#endif
+const Isa kIsa = RunningIsa();
+
 template <typename T, bool... kFlags>
 void Dispatch(const Leaf<T>& leaf, int64_t begin, int64_t end, T lr, T momentum, T keep, T wd,
               const bool* flags) {
   if constexpr (sizeof...(kFlags) == 5) {
-    UpdateRange<T, kFlags...>(leaf, begin, end, lr, momentum, keep, wd);
+#ifdef SGDX_X86_64
+    switch (kIsa) {
+      case Isa::kAvx512:
+        return LoopAvx512<T, kFlags...>(leaf, begin, end, lr, momentum, keep, wd);
+      case Isa::kAvx2:
+        return LoopAvx2<T, kFlags...>(leaf, begin, end, lr, momentum, keep, wd);
+      case Isa::kBaseline:
+        break;
+    }
+#endif
+    LoopBaseline<T, kFlags...>(leaf, begin, end, lr, momentum, keep, wd);
   } else if (flags[sizeof...(kFlags)]) {
     Dispatch<T, kFlags..., true>(leaf, begin, end, lr, momentum, keep, wd, flags);
   } else {
@@ -181,6 +214,10 @@ ffi::Error Step(ffi::ThreadPool pool, ffi::Buffer<dtype> hyper, ffi::Buffer<ffi:
                                     .Attr<bool>("nesterov")                   \
                                     .Attr<bool>("maximize"));
 
+// What the loader finds by name; everything else stays inside the library (built with hidden
+// visibility).
+#pragma GCC visibility push(default)
+
 // "<sha256 of this file> <jax version>", from the build, which the loader checks.
 extern "C" const char* SgdxBuildInfo() { return SGDX_BUILD_INFO; }
 
@@ -195,3 +232,5 @@ extern "C" const char* SgdxFfiApiVersion() {
 
 SGDX_HANDLER(SgdxSgdStepF32, ffi::F32)
 SGDX_HANDLER(SgdxSgdStepF64, ffi::F64)
+
+#pragma GCC visibility pop
