@@ -12,6 +12,7 @@ float64 value) to 1 ulp.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -294,23 +295,55 @@ def polynomial_lr(base_lr: float, total_iters: int = 5, power: float = 1.0) -> S
     return _tabulated(schedule, exact, total_iters + 1)
 
 
+# how a run steps CosineAnnealingWarmRestarts after batch i: epoch + i / n, or epoch + (i + 1) / n
+FractionalEpochs = Literal["i", "i + 1"]
+
+
 def cosine_annealing_warm_restarts(
-    base_lr: float, t_0: int, t_mult: int = 1, eta_min: float = 0.0
+    base_lr: float,
+    t_0: int,
+    t_mult: int = 1,
+    eta_min: float = 0.0,
+    steps_per_epoch: int | None = None,
+    fractional_epochs: FractionalEpochs = "i",
 ) -> Schedule:
     r"""``CosineAnnealingWarmRestarts``: cosine annealing restarted after :math:`T_0`,
-    :math:`T_0 T_{mult}`, :math:`T_0 T_{mult}^2`, ... updates.
+    :math:`T_0 T_{mult}`, :math:`T_0 T_{mult}^2`, ... scheduler steps:
+    :math:`\eta_{min} + (\eta_0 - \eta_{min})(1 + \cos(\pi T_{cur} / T_i)) / 2`.
+
+    With ``steps_per_epoch`` (:math:`n`) the schedule is over the updates of a run that steps
+    the scheduler after every update with a fractional epoch: ``scheduler.step(epoch + i /
+    n)`` (torch's documented per-batch use, ``fractional_epochs="i"``) or ``scheduler.step(
+    epoch + (i + 1) / n)`` (``"i + 1"``), with :math:`i` the update's batch in its epoch.
+    Update :math:`c \ge 1` takes the rate at the epoch given after update :math:`c - 1`
+    (update 0 the rate at epoch 0), with :math:`T_{cur}` and :math:`T_i` computed from it as
+    torch computes them, including the restarts that torch's ``math.log`` places one cycle
+    late (where the epoch is exactly a restart).
 
     Examples:
       >>> from sgdx import schedules
       >>> schedule = schedules.cosine_annealing_warm_restarts(1.0, t_0=2)
       >>> [round(float(schedule(t)), 6) for t in range(4)]
       [1.0, 0.5, 1.0, 0.5]
+      >>> per_batch = schedules.cosine_annealing_warm_restarts(1.0, t_0=1, steps_per_epoch=2)
+      >>> [round(float(per_batch(c)), 6) for c in range(5)]  # epochs 0, 0, 0.5, 1, 1.5
+      [1.0, 1.0, 0.5, 1.0, 0.5]
     """
     (base_lr,) = _check(base_lr)
     _count(t_0, "t_0")
     _count(t_mult, "t_mult")
     _hyperparams.check_hyperparameter(eta_min, "eta_min")
     eta_min = float(eta_min)
+    if steps_per_epoch is not None:
+        _count(steps_per_epoch, "steps_per_epoch")
+        if fractional_epochs not in ("i", "i + 1"):
+            raise ValueError(
+                f'fractional_epochs must be "i" or "i + 1" (the scheduler stepped with epoch + '
+                f"i / steps_per_epoch or epoch + (i + 1) / steps_per_epoch after batch i), got "
+                f"{fractional_epochs!r}."
+            )
+        offset = 0 if fractional_epochs == "i" else 1
+        return _fractional_warm_restarts(base_lr, t_0, t_mult, eta_min, steps_per_epoch, offset)
 
     def schedule(count: jax.Array) -> jax.Array:
         t = jnp.asarray(count, jnp.int32)
@@ -339,6 +372,55 @@ def cosine_annealing_warm_restarts(
     if t_mult == 1:
         return _tabulated(schedule, exact, t_0, period=t_0)
     return _tabulated(schedule, exact, _TABLE_LIMIT, constant_after=False)  # growing cycles
+
+
+def _fractional_warm_restarts(
+    base_lr: float, t_0: int, t_mult: int, eta_min: float, steps_per_epoch: int, offset: int
+) -> Schedule:
+    """:func:`cosine_annealing_warm_restarts` over updates, its scheduler stepped after
+    update ``k`` (from 0) with the epoch ``k // n + (k % n + offset) / n``."""
+    n = steps_per_epoch
+    # torch's step(epoch) finds the cycle as int(math.log(epoch / T_0 * (T_mult - 1) + 1,
+    # T_mult)): each cycle's start and length, and the cycle that formula gives at the start
+    # itself (math.log(243, 3) is 4.999999999999999: that restart comes a cycle late)
+    starts, lengths, at_start = [0.0], [float(t_0)], [0]
+    while t_mult > 1 and starts[-1] < 2.0**40:
+        m = len(starts)
+        starts.append(t_0 * (t_mult**m - 1) / (t_mult - 1))
+        lengths.append(float(t_0 * t_mult**m))
+        at_start.append(int(math.log(starts[-1] / t_0 * (t_mult - 1) + 1, t_mult)))
+
+    def rate(k: Any, xp: Any) -> Any:
+        real = _float if xp is jnp else (lambda a: a.astype(np.float64))
+        x = real(k // n) + real(k % n + offset) / n  # the epoch, as the run's Python float
+        if t_mult == 1:
+            t_cur, t_i = xp.remainder(x, float(t_0)), float(t_0)
+        else:
+            cycle = xp.searchsorted(xp.asarray(starts), x, side="right") - 1
+            late = xp.asarray(at_start).astype(cycle.dtype)[cycle]
+            cycle = xp.where(x == xp.asarray(starts)[cycle], late, cycle)
+            t_cur, t_i = x - xp.asarray(starts)[cycle], xp.asarray(lengths)[cycle]
+        return eta_min + (base_lr - eta_min) * (1 + xp.cos(xp.pi * t_cur / t_i)) / 2
+
+    def exact(k: np.ndarray) -> np.ndarray:
+        return np.asarray(rate(k.astype(np.int64), np), np.float64)
+
+    # the rate after update k repeats every T_0 epochs while cycles keep their length
+    period = t_0 * n if t_mult == 1 else None
+    after = _tabulated(
+        lambda k: rate(jnp.asarray(k, jnp.int32), jnp),
+        exact,
+        period or _TABLE_LIMIT,
+        period=period,
+        constant_after=False,
+    )
+    first = eta_min + (base_lr - eta_min) * (1 + math.cos(0.0)) / 2  # epoch 0, as built
+
+    def schedule(count: jax.Array) -> jax.Array:
+        c = jnp.asarray(count, jnp.int32)
+        return jnp.where(c == 0, first, after(jnp.maximum(c - 1, 0)))
+
+    return schedule
 
 
 Anneal = Literal["cos", "linear"]

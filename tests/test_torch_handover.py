@@ -167,18 +167,33 @@ def assert_same(run_params, run_state, model, optimizer, tolerance, where):
 
 
 def hand_over_and_back(
-    make, dtype, total, to_jax, to_torch, per_epoch=None, frozen_until=0, schedules=None
+    make,
+    dtype,
+    total,
+    to_jax,
+    to_torch,
+    per_epoch=None,
+    frozen_until=0,
+    schedules=None,
+    fractional=None,
 ):
     """The uninterrupted torch run; a run handed to sgdx after ``to_jax`` updates and back to
     torch after ``to_torch``; compared after every update. ``frozen_until``: fc2.bias has no
-    gradient for that many updates (its buffer starts late)."""
+    gradient for that many updates (its buffer starts late). ``fractional``: the scheduler is
+    stepped after every update with ``epoch + i / per_epoch`` ("i") or ``epoch + (i + 1) /
+    per_epoch`` ("i + 1"), i the update's batch in its epoch."""
     tolerance = TOLERANCE[dtype]
 
     def frozen(k):
         return ("fc2.bias",) if k < frozen_until else ()
 
     def scheduler_step(scheduler, k):
-        if per_epoch is None or (k + 1) % per_epoch == 0:
+        epoch, i = divmod(k, per_epoch or 1)
+        if fractional == "i":
+            scheduler.step(epoch + i / per_epoch)
+        elif fractional == "i + 1":
+            scheduler.step(epoch + (i + 1) / per_epoch)
+        elif per_epoch is None or (k + 1) % per_epoch == 0:
             scheduler.step()
 
     reference = Net(dtype)
@@ -195,8 +210,9 @@ def hand_over_and_back(
         model,
         scheduler,
         steps_per_epoch=per_epoch,
-        step_in_epoch=None if per_epoch is None else to_jax % per_epoch,
+        step_in_epoch=None if per_epoch is None or fractional else to_jax % per_epoch,
         schedules=schedules,
+        fractional_epochs=fractional,
     )
     state, params = run.state, run.params
     for k in range(to_jax, to_torch):
@@ -683,34 +699,47 @@ def test_cyclic_momentum_given_as_schedules_travels_with_the_learning_rate():
     hand_over_and_back(make, torch.float64, 20, 5, 13, schedules=[entry, entry])
 
 
-def test_fractional_epochs_are_refused_and_schedules_with_a_count_continue_them():
-    """CosineAnnealingWarmRestarts stepped per iteration with fractional epochs, as its
-    docs show: refused; scheduler=None with a schedule over updates and count= continues
-    it exactly."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize(
+    ("fractional", "t_mult", "to_jax", "to_torch"),
+    [("i", 1, 0, 9), ("i", 2, 6, 17), ("i + 1", 1, 7, 20), ("i + 1", 2, 4, 13), ("i", 3, 8, 8)],
+)
+def test_fractional_epochs_hand_over_and_back(fractional, t_mult, to_jax, to_torch, dtype):
+    """CosineAnnealingWarmRestarts stepped after every update with a fractional epoch (its
+    documented scheduler.step(epoch + i / iters), or epoch + (i + 1) / iters), restarts
+    included, handed over mid-epoch and back."""
+
+    def make(model):
+        optimizer = two_groups(model)
+        return optimizer, lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=2, T_mult=t_mult, eta_min=1e-3
+        )
+
+    hand_over_and_back(make, dtype, 30, to_jax, to_torch, per_epoch=4, fractional=fractional)
+
+
+def test_fractional_epochs_must_be_named_and_match_the_run():
+    """Stepped with fractional epochs: refused without fractional_epochs, and with a
+    steps_per_epoch that no update of the run matches."""
     iters = 4
-    model, reference = Net(torch.float64), Net(torch.float64)
-    optimizer, ref_opt = two_groups(model), two_groups(reference)
-    schedulers = [lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=3) for o in (optimizer, ref_opt)]
+    model = Net(torch.float64)
+    optimizer = two_groups(model)
+    scheduler = lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=3)
     for k in range(6):
-        for net, opt, sched in zip(
-            (model, reference), (optimizer, ref_opt), schedulers, strict=True
-        ):
-            torch_step(net, opt, k)
-            sched.step(k // iters + (k % iters + 1) / iters)
-    with pytest.raises(ValueError, match="fractional epoch"):
-        torch_interop.from_torch(optimizer, model, schedulers[0])
-    with pytest.raises(ValueError, match="needs count="):
-        torch_interop.from_torch(optimizer, model, schedules=[lambda c: 0.1] * 2)
-    schedules = [
-        sgdx.schedules.cosine_annealing_warm_restarts(base, 3 * iters) for base in (0.3, 0.1)
-    ]
-    run = torch_interop.from_torch(optimizer, model, schedules=schedules, count=6)
-    state, params = run.state, run.params
-    for k in range(6, 20):
-        torch_step(reference, ref_opt, k)
-        schedulers[1].step(k // iters + (k % iters + 1) / iters)
-        state, params = sgdx_step(run.tx, state, params, k)
-        assert_same(params, state, reference, ref_opt, 1e-12, f"after update {k + 1}")
+        torch_step(model, optimizer, k)
+        scheduler.step(k // iters + (k % iters) / iters)
+    with pytest.raises(ValueError, match=r"fractional epoch.*fractional_epochs='i'"):
+        torch_interop.from_torch(optimizer, model, scheduler)
+    with pytest.raises(ValueError, match=r"no update of a run stepping it with epoch \+ i / 3"):
+        torch_interop.from_torch(optimizer, model, scheduler, steps_per_epoch=3,
+                                 fractional_epochs="i")  # fmt: skip
+    with pytest.raises(ValueError, match="step_in_epoch is read from the scheduler"):
+        torch_interop.from_torch(optimizer, model, scheduler, steps_per_epoch=iters,
+                                 step_in_epoch=1, fractional_epochs="i")  # fmt: skip
+    step_lr = lr_scheduler.StepLR(two_groups(model), 2)
+    with pytest.raises(TypeError, match="fractional_epochs is for a CosineAnnealingWarmRestarts"):
+        torch_interop.from_torch(step_lr.optimizer, model, step_lr, steps_per_epoch=iters,
+                                 fractional_epochs="i")  # fmt: skip
 
 
 class TimmLikeScheduler:
@@ -884,7 +913,8 @@ RANDOM_SCHEDULERS = {  # those of any group count, and two with one rule for all
 @st.composite
 def runs(draw):
     """A torch run: 1-3 groups over Net's parameters with their own hyperparameters (and a
-    key that is not SGD's), a scheduler, where it is handed over and back."""
+    key that is not SGD's), a scheduler (stepped per update, per epoch or with fractional
+    epochs), where it is handed over and back."""
     dtype = draw(st.sampled_from([torch.float64, torch.float32]))
     n_groups = draw(st.integers(1, 3))
     owner = [draw(st.integers(0, n_groups - 1)) for _ in range(6)]
@@ -908,11 +938,16 @@ def runs(draw):
         )
     to_jax = draw(st.integers(1, 8))
     to_torch = draw(st.integers(to_jax + 1, to_jax + 8))
+    scheduler = draw(st.sampled_from(sorted(RANDOM_SCHEDULERS)))
+    fractional = None  # CosineAnnealingWarmRestarts may be stepped with fractional epochs
+    if scheduler == "CosineAnnealingWarmRestarts":
+        fractional = draw(st.sampled_from([None, "i", "i + 1"]))
     return dict(
         owner=owner,
         groups=groups,
-        scheduler=draw(st.sampled_from(sorted(RANDOM_SCHEDULERS))),
-        per_epoch=draw(st.sampled_from([None, 3])),
+        scheduler=scheduler,
+        fractional=fractional,
+        per_epoch=3 if fractional else draw(st.sampled_from([None, 3])),
         dtype=dtype,
         to_jax=to_jax,
         to_torch=to_torch,
@@ -946,6 +981,7 @@ def test_random_runs_hand_over_both_ways_with_torchs_numbers(run):
                 to_torch=run["to_torch"],
                 per_epoch=run["per_epoch"],
                 frozen_until=run["frozen_until"],
+                fractional=run["fractional"],
             )
         except ValueError as refused:  # the other outcome: refused before anything is built
             assert "torch's own scheduler, stepped on a copy, is the reference" in str(refused)

@@ -22,13 +22,16 @@ from sgdx.interop.torch._schedulers import (
     _check_against_torch,
     _check_scheduler,
     _detached,
+    _fractional,
     _given_schedules,
     _momentum_schedule,
     _schedule,
     _scheduler_state,
     _scheduler_steps,
+    fractional_epoch,
 )
 from sgdx.interop.torch._state_dict import load_state_dict, state_dict
+from sgdx.schedules import FractionalEpochs
 
 
 class TorchRun(NamedTuple):
@@ -51,12 +54,16 @@ class TorchRun(NamedTuple):
     flags: tuple[tuple[bool, bool], ...]
     """Each torch group's ``(nesterov, maximize)``."""
     steps_per_epoch: int | None
-    """Updates per scheduler step for a scheduler stepped once per epoch, else ``None``."""
+    """Updates per epoch, for a scheduler stepped once per epoch or with fractional epochs."""
+    fractional_epochs: FractionalEpochs | None
+    """How the run computes the epoch it passes to ``scheduler.step`` after batch ``i``
+    (``"i"``: ``epoch + i / steps_per_epoch``, ``"i + 1"``), or ``None``."""
     scheduler: Any
     """A copy of the torch scheduler as it was, on a stand-in optimizer with the same
     groups (:func:`to_torch` steps a copy of it forward to write torch's own state)."""
     scheduler_steps: int
-    """``scheduler.step()`` calls the scheduler had taken when the run was handed over."""
+    """``scheduler.step()`` calls the scheduler had taken when the run was handed over (for
+    fractional epochs: the updates)."""
     group_keys: tuple[dict[str, Any], ...]
     """Each torch group's keys that are not SGD's (timm's ``lr_scale``, ``layer_decay``, any
     user key), which :func:`to_torch` writes back."""
@@ -85,6 +92,7 @@ def from_torch(
     step_in_epoch: int | None = None,
     schedules: Sequence[Schedule | Mapping[str, Schedule]] | None = None,
     count: int | None = None,
+    fractional_epochs: FractionalEpochs | None = None,
 ) -> TorchRun:
     """A live ``torch.optim.SGD`` run (and its learning-rate scheduler), in sgdx.
 
@@ -98,14 +106,18 @@ def from_torch(
     and a momentum schedule where it cycles momentum (``OneCycleLR``, ``CyclicLR``).
     A scheduler stepped after every ``optimizer.step()`` is at update ``last_epoch``. One
     stepped once per epoch needs ``steps_per_epoch`` and ``step_in_epoch`` (the updates taken
-    in the current epoch, which torch does not store). ``ReduceLROnPlateau`` becomes
+    in the current epoch, which torch does not store). A ``CosineAnnealingWarmRestarts``
+    stepped after every update with a fractional epoch (its documented
+    ``scheduler.step(epoch + i / iters)``) needs ``steps_per_epoch=iters`` and
+    ``fractional_epochs="i"`` (or ``"i + 1"`` for ``epoch + (i + 1) / iters``): its position
+    is read from its ``last_epoch`` and ``T_cur``. ``ReduceLROnPlateau`` becomes
     ``run.plateau``, with torch's best, bad-epoch and cooldown state, stepped with a metric
     like torch's. A scheduler that cannot be converted (a custom class, a ``LambdaLR``
     lambda that JAX cannot trace) raises a ``TypeError`` saying to pass ``schedules``. What
     cannot be carried exactly is refused before anything is built: a scheduler that is not
-    torch's (timm's), one bound to another optimizer or built before ``add_param_group``, one
-    stepped with fractional epochs (``CosineAnnealingWarmRestarts.step(epoch + i / iters)``):
-    pass ``scheduler=None``, ``schedules`` and ``count`` for those. Every conversion (and
+    torch's (timm's), one bound to another optimizer or built before ``add_param_group``:
+    pass ``scheduler=None``, ``schedules`` and ``count`` for those; one stepped with
+    fractional epochs without ``fractional_epochs``. Every conversion (and
     every ``schedules=`` given beside a torch scheduler) is checked against torch's own
     scheduler, stepped on a copy for the next 256 scheduler steps, and refused where the
     two differ (nested schedulers built on one optimizer can interact in ways no
@@ -126,6 +138,9 @@ def from_torch(
         momentum (required then: the momentum travels with the learning rate).
       count: with ``schedules`` and no torch scheduler to read it from: the schedules'
         position, the updates (scheduler steps) the run has taken.
+      fractional_epochs: for a ``CosineAnnealingWarmRestarts`` stepped after every update
+        with ``epoch + i / steps_per_epoch`` (``"i"``) or ``epoch + (i + 1) /
+        steps_per_epoch`` (``"i + 1"``), ``i`` the update's batch in its epoch.
 
     Returns:
       A :class:`TorchRun`; hand it back with :func:`to_torch`.
@@ -149,7 +164,15 @@ def from_torch(
             "the model whose parameters the optimizer holds."
         )
     names = tuple(name_of[id(p)] for p in order)
-    if steps_per_epoch is not None and (
+    if fractional_epochs is not None:
+        if scheduler is None or steps_per_epoch is None or step_in_epoch is not None:
+            raise ValueError(
+                "from_torch: fractional_epochs needs the scheduler and steps_per_epoch (the "
+                "run's len(loader)); step_in_epoch is read from the scheduler's T_cur."
+            )
+        if schedules is not None:
+            raise ValueError("from_torch: pass fractional_epochs or schedules=, not both.")
+    elif steps_per_epoch is not None and (
         step_in_epoch is None or not 0 <= step_in_epoch < steps_per_epoch
     ):
         raise ValueError(
@@ -158,7 +181,7 @@ def from_torch(
             f"does not store; got {step_in_epoch!r}."
         )
     if scheduler is not None:
-        _check_scheduler(scheduler, optimizer)
+        _check_scheduler(scheduler, optimizer, fractional=fractional_epochs is not None)
         if count is not None:
             raise ValueError(
                 "from_torch: count= is for schedules= without a torch scheduler; the "
@@ -173,22 +196,30 @@ def from_torch(
     steps = 0 if scheduler is None or is_plateau else _scheduler_steps(scheduler)
     steps = steps if count is None else count
     count = steps * (steps_per_epoch or 1) + (step_in_epoch or 0)
+    lrs: list[Schedule] = []
+    epoch = None
+    if fractional_epochs is not None:
+        assert steps_per_epoch is not None
+        lrs, steps = _fractional(scheduler, optimizer, steps_per_epoch, fractional_epochs)
+        count = steps  # the scheduler is stepped once per update
+        epoch = functools.partial(
+            fractional_epoch, steps_per_epoch=steps_per_epoch, fractional_epochs=fractional_epochs
+        )
     n_groups = len(optimizer.param_groups)
     if schedules is not None and len(schedules) != n_groups:
         raise ValueError(f"from_torch: schedules= needs {n_groups} schedules, one per group.")
-    lrs: list[Schedule] = []
     momenta: list[Schedule | None] = [None] * n_groups
     if schedules is not None:
         lrs, momenta = _given_schedules(schedules, scheduler)
-    elif scheduler is not None and not is_plateau:
+    elif scheduler is not None and not is_plateau and epoch is None:
         lrs = [_schedule(scheduler, i) for i in range(n_groups)]
         momenta = [_momentum_schedule(scheduler, i) for i in range(n_groups)]
     # the scheduler as it is now, on a stand-in optimizer: checked against here, and
     # stepped forward by to_torch
     detached = None if scheduler is None else _detached(scheduler, optimizer)
     if scheduler is not None and not is_plateau:
-        _check_against_torch(detached, lrs, momenta, steps)
-    if steps_per_epoch is not None:
+        _check_against_torch(detached, lrs, momenta, steps, epoch)
+    if steps_per_epoch is not None and epoch is None:
         per = functools.partial(_schedules.per_epoch, steps_per_epoch=steps_per_epoch)
         lrs = [per(s) for s in lrs]
         momenta = [None if m is None else per(m) for m in momenta]
@@ -255,6 +286,7 @@ def from_torch(
         names=names,
         flags=flags,
         steps_per_epoch=steps_per_epoch,
+        fractional_epochs=fractional_epochs,
         scheduler=detached,
         scheduler_steps=steps,
         group_keys=tuple(
@@ -343,13 +375,20 @@ def to_torch(
             entry.setdefault(key, copy.deepcopy(value))
     scheduler_state = None
     if run.scheduler is not None:
-        updates = count // per - run.scheduler_steps
+        fractional = run.fractional_epochs is not None
+        updates = (count if fractional else count // per) - run.scheduler_steps
         if updates < 0:
             raise ValueError(
                 f"to_torch: the state is at update {count}, before the run was handed over "
                 "to sgdx; sgdx cannot step torch's scheduler back."
             )
-        scheduler_state = _scheduler_state(run.scheduler, updates, written, plateau_state)
+        epoch = None
+        if fractional and updates:  # the epoch the run passed after its last update
+            assert run.fractional_epochs is not None
+            epoch = fractional_epoch(count - 1, per, run.fractional_epochs)
+        scheduler_state = _scheduler_state(
+            run.scheduler, 0 if fractional else updates, written, plateau_state, epoch
+        )
     tensors = {
         dotted(path): torch.from_numpy(np.array(leaf))
         for path, leaf in tree_flatten_with_path(params)[0]

@@ -17,6 +17,7 @@ from sgdx import _hyperparams
 from sgdx import schedules as _schedules
 from sgdx._base import Schedule
 from sgdx.interop.torch._common import _torch
+from sgdx.schedules import FractionalEpochs
 
 
 def _traceable(fn: Callable[[Any], Any], kind: str) -> Callable[[Any], Any]:
@@ -153,18 +154,71 @@ def _cycling(scheduler: Any) -> list[Any]:
     return [c for c in _children(scheduler) if getattr(c, "cycle_momentum", False)]
 
 
-def _step(scheduler: Any) -> None:
+def _step(scheduler: Any, epoch: float | None = None) -> None:
     """One step of a detached scheduler as the run takes it: its stand-in optimizer's step,
-    then its own."""
+    then its own (with ``epoch``, for a run that passes fractional epochs)."""
     with warnings.catch_warnings():  # the stand-in optimizer's step is not wrapped
         warnings.simplefilter("ignore")
         scheduler.optimizer.step()
-        scheduler.step()
+        scheduler.step() if epoch is None else scheduler.step(epoch)
 
 
-def _check_scheduler(scheduler: Any, optimizer: Any) -> None:
+def fractional_epoch(k: int, steps_per_epoch: int, fractional_epochs: FractionalEpochs) -> float:
+    """The epoch a run passes to ``scheduler.step`` after update ``k`` (from 0): ``epoch + i /
+    n`` or ``epoch + (i + 1) / n`` for batch ``i`` of ``n``, as the run's Python float."""
+    offset = 0 if fractional_epochs == "i" else 1
+    return k // steps_per_epoch + (k % steps_per_epoch + offset) / steps_per_epoch
+
+
+def _fractional(
+    scheduler: Any, optimizer: Any, steps_per_epoch: int, fractional_epochs: FractionalEpochs
+) -> tuple[list[Schedule], int]:
+    """A ``CosineAnnealingWarmRestarts`` that the run steps after every update with a
+    fractional epoch: one schedule per group over updates, and the updates taken, read from
+    its ``last_epoch`` and ``T_cur`` (refused where no update count puts it there)."""
+    torch = _torch()
+
+    kind = type(scheduler)
+    if kind is not torch.optim.lr_scheduler.CosineAnnealingWarmRestarts:
+        raise TypeError(
+            f"from_torch: fractional_epochs is for a CosineAnnealingWarmRestarts stepped with "
+            f"scheduler.step(epoch + i / iters), and the scheduler is a {kind.__name__}."
+        )
+    n = steps_per_epoch
+    batch = round(float(scheduler.T_cur) % 1 * n) % n  # T_cur's fraction is the epoch's
+    count = int(scheduler.last_epoch) * n + batch + (1 if fractional_epochs == "i" else 0)
+    if count == 1 and fractional_epochs == "i" and not getattr(optimizer, "_opt_called", False):
+        count = 0  # built, not stepped yet: epoch 0 either way
+    probe = _detached(scheduler, optimizer)
+    if count:
+        _step(probe, fractional_epoch(count - 1, n, fractional_epochs))
+    attributes = ("T_cur", "T_i", "last_epoch")
+    if any(getattr(probe, a) != getattr(scheduler, a) for a in attributes):
+        raise ValueError(
+            f"from_torch: the CosineAnnealingWarmRestarts is at T_cur={scheduler.T_cur!r}, "
+            f"last_epoch={scheduler.last_epoch}, where no update of a run stepping it with "
+            f"{'epoch + i' if fractional_epochs == 'i' else 'epoch + (i + 1)'} / {n} puts it. "
+            "Pass the run's steps_per_epoch (len(loader)) and fractional_epochs ('i' or "
+            "'i + 1', as its loop computes the epoch)."
+        )
+    lrs = [
+        _schedules.cosine_annealing_warm_restarts(
+            float(base),
+            scheduler.T_0,
+            scheduler.T_mult,
+            scheduler.eta_min,
+            steps_per_epoch=n,
+            fractional_epochs=fractional_epochs,
+        )
+        for base in scheduler.base_lrs
+    ]
+    return lrs, count
+
+
+def _check_scheduler(scheduler: Any, optimizer: Any, fractional: bool) -> None:
     """Raises unless ``scheduler`` is torch's, drives ``optimizer`` with all its groups, and
-    is at a whole step: what from_torch can carry exactly."""
+    is at a whole step unless the run passes ``fractional`` epochs: what from_torch can carry
+    exactly."""
     torch = _torch()
 
     lr_scheduler = torch.optim.lr_scheduler
@@ -195,13 +249,13 @@ def _check_scheduler(scheduler: Any, optimizer: Any) -> None:
                 "group) and count=."
             )
         t_cur, last = getattr(child, "T_cur", 0), getattr(child, "last_epoch", 0)
-        if float(t_cur) != int(t_cur) or float(last) != int(last):
+        if not fractional and (float(t_cur) != int(t_cur) or float(last) != int(last)):
             raise ValueError(
                 f"from_torch: the {type(child).__name__} was stepped with a fractional epoch "
-                f"(T_cur={t_cur}, last_epoch={last}), as scheduler.step(epoch + "
-                "i / iters) does; its schedule over whole steps would not continue it. Pass "
-                "schedules=[...] (one count -> lr per group over updates, e.g. "
-                "sgdx.schedules.cosine_annealing_warm_restarts over updates) and count=."
+                f"(T_cur={t_cur}, last_epoch={last}), as scheduler.step(epoch + i / iters) "
+                "does; its schedule over whole steps would not continue it. Pass "
+                "steps_per_epoch=iters and fractional_epochs='i' (or 'i + 1' for a loop that "
+                "steps it with epoch + (i + 1) / iters)."
             )
     cycling = _cycling(scheduler)
     if cycling and cycling != [scheduler]:
@@ -276,11 +330,16 @@ def _detached(scheduler: Any, optimizer: Any) -> Any:
 
 
 def _scheduler_state(
-    handed_over: Any, steps: int, written: dict[str, Any], plateau_state: Any
+    handed_over: Any,
+    steps: int,
+    written: dict[str, Any],
+    plateau_state: Any,
+    epoch: float | None = None,
 ) -> dict[str, Any]:
     """The ``state_dict`` of the scheduler as it was handed over (``run.scheduler``),
-    brought to where the sgdx run is: ``steps`` more scheduler steps, or a
-    ``ReduceLROnPlateau``'s ``plateau_state`` and the learning rates ``written``. Each of
+    brought to where the sgdx run is: ``steps`` more scheduler steps, one step to ``epoch``
+    (a run that passes epochs), or a ``ReduceLROnPlateau``'s ``plateau_state`` and the
+    learning rates ``written``. Each of
     ``written``'s groups takes the scheduler's keys (``initial_lr``, ``max_lr``, ...) and
     torch's own learning rate and momentum."""
     torch = _torch()
@@ -298,6 +357,8 @@ def _scheduler_state(
         ):
             group["lr"] = entry["lr"]
         scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+    elif epoch is not None:
+        _step(scheduler, epoch)
     else:
         for _ in range(steps):
             _step(scheduler)
@@ -312,18 +373,22 @@ _HORIZON = 256
 
 
 def _check_against_torch(
-    detached: Any, lrs: list[Schedule], momenta: list[Schedule | None], position: int
+    detached: Any,
+    lrs: list[Schedule],
+    momenta: list[Schedule | None],
+    position: int,
+    epoch: Callable[[int], float] | None = None,
 ) -> None:
     """Raises unless the sgdx schedules give, for the next ``_HORIZON`` scheduler steps from
     ``position``, the learning rates (and momenta, where they are scheduled) that torch's
     own scheduler sets: a copy of it (``detached``, on a stand-in optimizer) is stepped
-    forward and compared step by step. What from_torch converts is then torch's by test,
-    not by assumption."""
+    forward (with ``epoch(k)`` after update ``k`` for a run that passes epochs) and compared
+    step by step. What from_torch converts is then torch's by test, not by assumption."""
     scheduler = copy.deepcopy(detached)
     expected: list[list[tuple[float, float]]] = []
-    for _ in range(_HORIZON):
+    for j in range(_HORIZON):
         try:
-            _step(scheduler)
+            _step(scheduler, None if epoch is None else epoch(position + j))
         except Exception:  # past a finite schedule's end, where torch's
             break  # run raises too (OneCycleLR; a LambdaLR's function out of its range)
         expected.append(
