@@ -386,23 +386,35 @@ def plateau_metric(epoch):
     return 2.0 / (1 + epoch) if epoch < 4 else 0.5 + 1e-6 * epoch  # then a plateau
 
 
-def test_plateau_resume_after_reductions_and_back():
+def plateau_two_groups(model):
+    optimizer = torch.optim.SGD(
+        [
+            {"params": [model.fc1.weight, model.fc2.weight]},
+            {"params": [model.fc1.bias], "lr": 0.05},
+        ],
+        lr=0.1,
+        momentum=0.9,
+    )
+    return optimizer, lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=0.5, patience=1, cooldown=1, min_lr=[0.0, 0.01]
+    )
+
+
+def plateau_group_added_after(model):
+    """Built with one min_lr, which torch gives a group added later at its next reduction."""
+    optimizer = torch.optim.SGD([model.fc1.weight, model.fc2.weight], lr=0.1, momentum=0.9)
+    scheduler = lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=0.5, patience=1, cooldown=1, min_lr=0.02
+    )
+    optimizer.add_param_group({"params": [model.fc1.bias], "lr": 0.05})
+    return optimizer, scheduler
+
+
+@pytest.mark.parametrize("make", [plateau_two_groups, plateau_group_added_after])
+def test_plateau_resume_after_reductions_and_back(make):
     """Stepped per epoch with a validation metric, as torch's documentation shows; handed to
     sgdx after two reductions, back to torch after a third, with the cooldown running."""
     per_epoch, epochs = 3, 24
-
-    def make(model):
-        optimizer = torch.optim.SGD(
-            [
-                {"params": [model.fc1.weight, model.fc2.weight]},
-                {"params": [model.fc1.bias], "lr": 0.05},
-            ],
-            lr=0.1,
-            momentum=0.9,
-        )
-        return optimizer, lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=0.5, patience=1, cooldown=1, min_lr=[0.0, 0.01]
-        )
 
     reference, model = Net(torch.float64), Net(torch.float64)
     (ref_opt, ref_sched), (optimizer, scheduler) = make(reference), make(model)
@@ -798,17 +810,40 @@ def test_extra_group_keys_go_back_to_torch():
     assert restored.param_groups[0]["lr_scale"] == 0.445
 
 
-def test_a_scheduler_of_another_optimizer_or_built_before_add_param_group_is_refused():
+CHAINABLE = ["StepLR", "MultiStepLR", "ExponentialLR", "ConstantLR", "LinearLR", "PolynomialLR"]
+
+
+def group_added_after(name):
+    """A recipe that adds a param group after building the scheduler ``name``."""
+
+    def make(model):
+        named = list(model.named_parameters())
+        optimizer = torch.optim.SGD([p for _, p in named[:2]], lr=0.1, momentum=0.9)
+        scheduler = SCHEDULERS[name](optimizer)
+        optimizer.add_param_group({"params": [p for _, p in named[2:]], "lr": 0.05})
+        return optimizer, scheduler
+
+    return make
+
+
+@pytest.mark.parametrize("name", CHAINABLE)
+def test_a_group_added_after_the_scheduler_hands_over_and_back(name):
+    """The schedulers that multiply every group's lr drive a group added with
+    add_param_group after they were built, from its own lr: so does sgdx's run."""
+    hand_over_and_back(group_added_after(name), torch.float64, 20, 5, 12)
+
+
+@pytest.mark.parametrize("name", ["CosineAnnealingLR", "LambdaLR", "CyclicLR exp_range"])
+def test_a_scheduler_of_another_optimizer_or_one_torch_cannot_step_is_refused(name):
+    """A group added after a scheduler that keeps per-group state (torch's own run fails on
+    the new group within a cycle), and a scheduler of another optimizer, are refused."""
     model = Net(torch.float64)
     optimizer = two_groups(model)
     other = lr_scheduler.StepLR(two_groups(Net(torch.float64)), 3)
     with pytest.raises(ValueError, match="drives another optimizer"):
         torch_interop.from_torch(optimizer, model, other)
-    named = list(model.named_parameters())
-    optimizer = torch.optim.SGD([p for _, p in named[:2]], lr=0.1, momentum=0.9)
-    scheduler = lr_scheduler.StepLR(optimizer, 3)
-    optimizer.add_param_group({"params": [p for _, p in named[2:]], "lr": 0.05})
-    with pytest.raises(ValueError, match="add_param_group after the scheduler"):
+    optimizer, scheduler = group_added_after(name)(model)
+    with pytest.raises(ValueError, match=r"add_param_group after the scheduler.*only a sched"):
         torch_interop.from_torch(optimizer, model, scheduler)
 
 
@@ -913,8 +948,9 @@ RANDOM_SCHEDULERS = {  # those of any group count, and two with one rule for all
 @st.composite
 def runs(draw):
     """A torch run: 1-3 groups over Net's parameters with their own hyperparameters (and a
-    key that is not SGD's), a scheduler (stepped per update, per epoch or with fractional
-    epochs), where it is handed over and back."""
+    key that is not SGD's; the last one possibly added after the scheduler), a scheduler
+    (stepped per update, per epoch or with fractional epochs), where it is handed over and
+    back."""
     dtype = draw(st.sampled_from([torch.float64, torch.float32]))
     n_groups = draw(st.integers(1, 3))
     owner = [draw(st.integers(0, n_groups - 1)) for _ in range(6)]
@@ -942,7 +978,10 @@ def runs(draw):
     fractional = None  # CosineAnnealingWarmRestarts may be stepped with fractional epochs
     if scheduler == "CosineAnnealingWarmRestarts":
         fractional = draw(st.sampled_from([None, "i", "i + 1"]))
+    # the last group added after the scheduler was built (those that drive such a group)
+    added_late = n_groups > 1 and scheduler in CHAINABLE and draw(st.booleans())
     return dict(
+        added_late=added_late,
         owner=owner,
         groups=groups,
         scheduler=scheduler,
@@ -968,8 +1007,12 @@ def test_random_runs_hand_over_both_ways_with_torchs_numbers(run):
             {"params": [p for (_, p), o in zip(named, run["owner"], strict=True) if o == g], **c}
             for g, c in enumerate(run["groups"])
         ]
+        late = param_groups.pop() if run["added_late"] else None
         optimizer = torch.optim.SGD(param_groups, lr=0.1)
-        return optimizer, RANDOM_SCHEDULERS[run["scheduler"]](optimizer)
+        scheduler = RANDOM_SCHEDULERS[run["scheduler"]](optimizer)
+        if late is not None:
+            optimizer.add_param_group(late)
+        return optimizer, scheduler
 
     with jax.numpy_dtype_promotion("standard"):  # the lambdas' float ** int, as users write
         try:

@@ -25,6 +25,7 @@ from sgdx.interop.torch._schedulers import (
     _fractional,
     _given_schedules,
     _momentum_schedule,
+    _plateau_min_lrs,
     _schedule,
     _scheduler_state,
     _scheduler_steps,
@@ -115,9 +116,11 @@ def from_torch(
     like torch's. A scheduler that cannot be converted (a custom class, a ``LambdaLR``
     lambda that JAX cannot trace) raises a ``TypeError`` saying to pass ``schedules``. What
     cannot be carried exactly is refused before anything is built: a scheduler that is not
-    torch's (timm's), one bound to another optimizer or built before ``add_param_group``:
-    pass ``scheduler=None``, ``schedules`` and ``count`` for those; one stepped with
-    fractional epochs without ``fractional_epochs``. Every conversion (and
+    torch's (timm's), one bound to another optimizer, one built before ``add_param_group``
+    other than those that drive the new group from its own lr as torch does (``StepLR``,
+    ``MultiStepLR``, ``ExponentialLR``, ``ConstantLR``, ``LinearLR``, ``PolynomialLR``, and
+    ``ReduceLROnPlateau`` with one ``min_lr``): pass ``scheduler=None``, ``schedules`` and
+    ``count`` for those; one stepped with fractional epochs without ``fractional_epochs``. Every conversion (and
     every ``schedules=`` given beside a torch scheduler) is checked against torch's own
     scheduler, stepped on a copy for the next 256 scheduler steps, and refused where the
     two differ (nested schedulers built on one optimizer can interact in ways no
@@ -267,7 +270,7 @@ def from_torch(
             threshold=scheduler.threshold,
             threshold_mode=scheduler.threshold_mode,
             cooldown=scheduler.cooldown,
-            min_lr={str(i): float(m) for i, m in enumerate(scheduler.min_lrs)},
+            min_lr={str(i): m for i, m in enumerate(_plateau_min_lrs(scheduler, n_groups))},
             eps=scheduler.eps,
         )
         dtype = plateau.init().best.dtype

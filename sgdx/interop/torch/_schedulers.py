@@ -35,8 +35,36 @@ def _traceable(fn: Callable[[Any], Any], kind: str) -> Callable[[Any], Any]:
     return fn
 
 
+def _chainable(torch: Any) -> tuple[type, ...]:
+    """The schedulers whose step multiplies every group's current lr by one factor, so that
+    they also drive a group added with ``add_param_group`` after they were built."""
+    lr_scheduler = torch.optim.lr_scheduler
+    return (
+        lr_scheduler.StepLR,
+        lr_scheduler.MultiStepLR,
+        lr_scheduler.ExponentialLR,
+        lr_scheduler.ConstantLR,
+        lr_scheduler.LinearLR,
+        lr_scheduler.PolynomialLR,
+    )
+
+
 def _schedule(scheduler: Any, group: int) -> Schedule:
-    """torch's scheduler as an sgdx schedule for one param group, over scheduler steps."""
+    """torch's scheduler as an sgdx schedule for one param group, over scheduler steps. A
+    group added after a chainable scheduler was built goes on from its lr now by the
+    factors that the scheduler's rule gives (the rule for an lr of 1, as a ratio)."""
+    torch = _torch()
+
+    if isinstance(scheduler, _chainable(torch)) and group >= len(scheduler.base_lrs):
+        unit, now = _converted(scheduler, group, 1.0), int(scheduler.last_epoch)
+        lr = float(scheduler.optimizer.param_groups[group]["lr"])
+        return lambda count: lr * (unit(count) / unit(now))
+    return _converted(scheduler, group)
+
+
+def _converted(scheduler: Any, group: int, base: float | None = None) -> Schedule:
+    """:func:`_schedule` for a group whose schedule starts from ``base`` (by default the
+    group's ``base_lrs`` entry)."""
     torch = _torch()
 
     lr_scheduler = torch.optim.lr_scheduler
@@ -59,7 +87,7 @@ def _schedule(scheduler: Any, group: int) -> Schedule:
             final_div_factor=float(options["initial_lr"]) / float(options["min_lr"]),
             three_phase=len(phases) == 3,
         )
-    base = float(scheduler.base_lrs[group])
+    base = float(scheduler.base_lrs[group]) if base is None else base
     converters: dict[type, Callable[[], Schedule]] = {
         lr_scheduler.StepLR: lambda: _schedules.step_lr(base, scheduler.step_size, scheduler.gamma),
         lr_scheduler.MultiStepLR: lambda: _schedules.multistep_lr(
@@ -240,13 +268,18 @@ def _check_scheduler(scheduler: Any, optimizer: Any, fractional: bool) -> None:
                 "given; pass the scheduler built on this optimizer."
             )
         per_group = getattr(child, "base_lrs", getattr(child, "min_lrs", None))
-        if per_group is not None and len(per_group) != n_groups:
+        drives_new_groups = child is scheduler and (
+            isinstance(child, _chainable(torch)) or getattr(child, "default_min_lr", None)
+        )
+        if per_group is not None and len(per_group) != n_groups and not drives_new_groups:
             raise ValueError(
                 f"from_torch: the optimizer has {n_groups} param groups, but its "
                 f"{type(child).__name__} was built for {len(per_group)} (a group added with "
-                "add_param_group after the scheduler was built): the scheduler's rule for "
-                "the new groups is not stored. Pass scheduler=None, schedules=[...] (one per "
-                "group) and count=."
+                "add_param_group after the scheduler was built): only a scheduler that "
+                "multiplies each group's lr (StepLR, MultiStepLR, ExponentialLR, ConstantLR, "
+                "LinearLR, PolynomialLR) or a ReduceLROnPlateau built with one min_lr "
+                "drives the new groups (torch's own run of the others fails on them). Pass "
+                "scheduler=None, schedules=[...] (one per group) and count=."
             )
         t_cur, last = getattr(child, "T_cur", 0), getattr(child, "last_epoch", 0)
         if not fractional and (float(t_cur) != int(t_cur) or float(last) != int(last)):
@@ -264,6 +297,14 @@ def _check_scheduler(scheduler: Any, optimizer: Any, fractional: bool) -> None:
             f"{kind.__name__} cannot be converted; pass scheduler=None, schedules=[{{"
             "'learning_rate': ..., 'momentum': ...}, ...] (one per group) and count=."
         )
+
+
+def _plateau_min_lrs(scheduler: Any, n_groups: int) -> list[float]:
+    """A ``ReduceLROnPlateau``'s floor per group: its one ``min_lr`` for every group when
+    groups were added after it was built (as torch's next reduction sets them)."""
+    if len(scheduler.min_lrs) == n_groups:
+        return [float(m) for m in scheduler.min_lrs]
+    return [float(scheduler.default_min_lr)] * n_groups
 
 
 def _scheduler_steps(scheduler: Any) -> int:
