@@ -120,12 +120,13 @@ def from_torch(
     other than those that drive the new group from its own lr as torch does (``StepLR``,
     ``MultiStepLR``, ``ExponentialLR``, ``ConstantLR``, ``LinearLR``, ``PolynomialLR``, and
     ``ReduceLROnPlateau`` with one ``min_lr``): pass ``scheduler=None``, ``schedules`` and
-    ``count`` for those; one stepped with fractional epochs without ``fractional_epochs``. Every conversion (and
+    ``count`` for those; one stepped with fractional epochs without ``fractional_epochs``.
+    A scheduler that multiplies the lr (those six, nested or chained) goes on from each
+    group's lr now, as torch's steps do (an lr set by hand included). Every conversion (and
     every ``schedules=`` given beside a torch scheduler) is checked against torch's own
     scheduler, stepped on a copy for the next 256 scheduler steps, and refused where the
-    two differ (nested schedulers built on one optimizer can interact in ways no
-    conversion sees). Every group key that is
-    not SGD's (timm's ``lr_scale``, ...) is kept for :func:`to_torch`. A parameter with
+    two differ (an lr set by hand on a scheduler with a closed form, for one). Every group
+    key that is not SGD's (timm's ``lr_scale``, ...) is kept for :func:`to_torch`. A parameter with
     ``requires_grad=False`` stays frozen (``param_groups(..., frozen=...)``: its gradient is
     ignored, as autograd leaves its ``grad`` ``None``), in its group and with its buffer.
 

@@ -4,6 +4,7 @@ installed torch by the tests."""
 
 from __future__ import annotations
 
+import bisect
 import copy
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -50,30 +51,31 @@ def _chainable(torch: Any) -> tuple[type, ...]:
 
 
 def _schedule(scheduler: Any, group: int) -> Schedule:
-    """torch's scheduler as an sgdx schedule for one param group, over scheduler steps. A
-    group added after a chainable scheduler was built goes on from its lr now by the
-    factors that the scheduler's rule gives (the rule for an lr of 1, as a ratio)."""
-    torch = _torch()
-
-    if isinstance(scheduler, _chainable(torch)) and group >= len(scheduler.base_lrs):
-        unit, now = _converted(scheduler, group, 1.0), int(scheduler.last_epoch)
-        lr = float(scheduler.optimizer.param_groups[group]["lr"])
-        return lambda count: lr * (unit(count) / unit(now))
+    """torch's scheduler as an sgdx schedule for one param group, over scheduler steps."""
+    if _multiplies(scheduler):
+        return _at(scheduler, group, _scheduler_steps(scheduler))
     return _converted(scheduler, group)
 
 
 def _converted(scheduler: Any, group: int, base: float | None = None) -> Schedule:
-    """:func:`_schedule` for a group whose schedule starts from ``base`` (by default the
-    group's ``base_lrs`` entry)."""
+    """``scheduler``'s closed form for one group, from ``base`` (by default the group's
+    ``base_lrs`` entry): where a fresh scheduler's steps take the lr."""
     torch = _torch()
 
     lr_scheduler = torch.optim.lr_scheduler
     kind = type(scheduler)
     if kind is lr_scheduler.SequentialLR:
-        children = [_schedule(child, group) for child in scheduler._schedulers]
-        return _schedules.sequential(children, list(scheduler._milestones))
+        milestones = list(scheduler._milestones)
+        position = int(scheduler.last_epoch)
+        current = bisect.bisect_right(milestones, position)  # the part that runs now
+        start = [0, *milestones][current]
+        children = [  # the others start afresh at their milestones
+            _at(child, group, position - start) if i == current else _converted(child, group)
+            for i, child in enumerate(scheduler._schedulers)
+        ]
+        return _schedules.sequential(children, milestones)
     if kind is lr_scheduler.ChainedScheduler:
-        children = [_schedule(child, group) for child in scheduler._schedulers]
+        children = [_converted(child, group) for child in scheduler._schedulers]
         return _schedules.chained(float(scheduler._schedulers[0].base_lrs[group]), *children)
     if kind is lr_scheduler.OneCycleLR:
         options = scheduler.optimizer.param_groups[group]
@@ -129,6 +131,40 @@ def _converted(scheduler: Any, group: int, base: float | None = None) -> Schedul
             "by stepping a copy of it)."
         )
     return converters[kind]()
+
+
+def _multiplies(scheduler: Any) -> bool:
+    """Whether ``scheduler``'s step multiplies each group's current lr by one factor (a
+    chainable scheduler, or a ChainedScheduler of them)."""
+    torch = _torch()
+
+    if type(scheduler) is torch.optim.lr_scheduler.ChainedScheduler:
+        return all(_multiplies(child) for child in scheduler._schedulers)
+    return isinstance(scheduler, _chainable(torch))
+
+
+def _unit(scheduler: Any, group: int) -> Schedule:
+    """A multiplying ``scheduler``'s rule for an lr of 1: its factors so far, at each step."""
+    torch = _torch()
+
+    if type(scheduler) is torch.optim.lr_scheduler.ChainedScheduler:
+        return _schedules.chained(1.0, *(_unit(child, group) for child in scheduler._schedulers))
+    return _converted(scheduler, group, 1.0)
+
+
+def _at(scheduler: Any, group: int, position: int) -> Schedule:
+    """:func:`_schedule` for a scheduler at ``position`` (in its parent's count). One that
+    multiplies the lr goes on from the group's lr now by its factors from there, as torch's
+    steps do, also where its state does not show the lr: a group added after it was built,
+    an lr set by hand, schedulers nested on one optimizer (whose first steps are taken
+    twice)."""
+    if not _multiplies(scheduler):
+        return _converted(scheduler, group)
+    unit, lr = _unit(scheduler, group), float(scheduler.optimizer.param_groups[group]["lr"])
+    now = float(np.asarray(unit(jnp.asarray(position))))
+    if now == 0.0:  # a PolynomialLR past its end: its factors are 1 from here
+        return lambda count: jnp.asarray(lr, _hyperparams.default_float())
+    return lambda count: (lr / now) * unit(count)
 
 
 def _cycle(scheduler: Any) -> dict[str, Any]:
@@ -268,9 +304,7 @@ def _check_scheduler(scheduler: Any, optimizer: Any, fractional: bool) -> None:
                 "given; pass the scheduler built on this optimizer."
             )
         per_group = getattr(child, "base_lrs", getattr(child, "min_lrs", None))
-        drives_new_groups = child is scheduler and (
-            isinstance(child, _chainable(torch)) or getattr(child, "default_min_lr", None)
-        )
+        drives_new_groups = _multiplies(scheduler) or getattr(child, "default_min_lr", None)
         if per_group is not None and len(per_group) != n_groups and not drives_new_groups:
             raise ValueError(
                 f"from_torch: the optimizer has {n_groups} param groups, but its "
@@ -452,6 +486,7 @@ def _check_against_torch(
                     f"from_torch: the {type(detached).__name__} sets param group {i}'s {name} to "
                     f"{float(theirs[at])!r} at scheduler step {position + 1 + at}, where its "
                     f"conversion gives {float(ours[at])!r} (torch's own scheduler, stepped on a "
-                    "copy, is the reference: nested schedulers can interact in ways a "
-                    "conversion cannot see). Pass schedules=[...] that follow it, one per group."
+                    "copy, is the reference: an lr set by hand, for one, is not in a "
+                    "scheduler's closed form). Pass schedules=[...] that follow it, one per "
+                    "group."
                 )
