@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
+import subprocess
+import sys
+import types
+import zipfile
 
 import chex
 import jax
@@ -754,43 +759,101 @@ def test_fractional_epochs_must_be_named_and_match_the_run():
                                  fractional_epochs="i")  # fmt: skip
 
 
-class TimmLikeScheduler:
-    """A scheduler that is not torch's (timm's Scheduler classes are not LRSchedulers):
-    stepped per update with the update count, as timm's step_update."""
-
-    def __init__(self, optimizer, warmup):
-        self.optimizer, self.warmup = optimizer, warmup
-        self.base = [g["lr"] for g in optimizer.param_groups]
-        self.step_update(0)
-
-    def step_update(self, num_updates):
-        for g, base in zip(self.optimizer.param_groups, self.base, strict=True):
-            g["lr"] = base * min(1.0, (num_updates + 1) / self.warmup)
+TIMM = "1.0.31"
 
 
-def test_a_scheduler_that_is_not_torchs_is_refused_and_continues_with_a_count():
-    model, reference = Net(torch.float64), Net(torch.float64)
-    optimizer, ref_opt = two_groups(model), two_groups(reference)
-    schedulers = [TimmLikeScheduler(o, warmup=10) for o in (optimizer, ref_opt)]
-    for k in range(4):
-        for net, opt, sched in zip(
-            (model, reference), (optimizer, ref_opt), schedulers, strict=True
-        ):
+@pytest.fixture(scope="module")
+def timm_cosine(tmp_path_factory):
+    """timm's CosineLRScheduler, its real code: the scheduler modules of timm's wheel from
+    the package index, imported without timm's ``__init__`` (which imports torchvision for
+    timm's models, and no CPU build of torchvision is on the index; its schedulers import
+    only torch)."""
+    where = tmp_path_factory.mktemp("timm")
+    download = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(where),
+         f"timm=={TIMM}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if download.returncode:
+        pytest.skip(f"timm {TIMM} could not be downloaded: {download.stderr[-300:]}")
+    (wheel,) = where.glob("timm-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(where, [n for n in archive.namelist() if n.startswith("timm/sched")])
+    package = types.ModuleType("timm")
+    package.__path__ = [str(where / "timm")]
+    sys.modules["timm"] = package
+    try:
+        return importlib.import_module("timm.scheduler.cosine_lr").CosineLRScheduler
+    finally:  # the class keeps its modules; nothing else sees this partial timm
+        for name in [n for n in sys.modules if n == "timm" or n.startswith("timm.")]:
+            del sys.modules[name]
+
+
+def timm_port(base, scale):
+    """The sgdx schedule of timm's CosineLRScheduler(t_initial=12, lr_min=1e-3, warmup_t=4,
+    warmup_lr_init=1e-3, warmup_prefix=True) over updates, for a group of lr ``base`` and
+    ``lr_scale`` ``scale``: the warmup from its own lr, one cosine cycle, then the floor."""
+    cosine = sgdx.schedules.cosine_annealing_lr(base, 12, 1e-3)
+    floor = sgdx.schedules.constant_lr(1e-3, factor=1.0, total_iters=1)
+    schedule = sgdx.schedules.warmup_from(
+        sgdx.schedules.sequential([cosine, floor], [12]), 4, 1e-3, prefix=True
+    )
+    return lambda count: scale * schedule(count)
+
+
+@pytest.mark.slow
+def test_timms_cosine_scheduler_is_refused_and_continues_with_schedules_and_a_count(
+    timm_cosine,
+):
+    """timm's CosineLRScheduler (a warmup from its own lr as a prefix, a floor after its
+    cycle, a group scaled by lr_scale), stepped per update with step_update as timm's train
+    loop does: from_torch refuses it by name and says what to pass; schedules= porting it
+    with count= continue the run exactly; to_torch hands it back (lr_scale kept) and timm's
+    own position is set with step_update(count)."""
+
+    def make(model):
+        optimizer = two_groups(model)  # lrs 0.3 and 0.1
+        optimizer.param_groups[1]["lr_scale"] = 0.5
+        return optimizer, timm_cosine(
+            optimizer, t_initial=12, lr_min=1e-3, warmup_t=4, warmup_lr_init=1e-3,
+            warmup_prefix=True, t_in_epochs=False,
+        )  # fmt: skip
+
+    (model, (optimizer, scheduler)), (reference, (ref_opt, ref_sched)) = [
+        (net, make(net)) for net in (Net(torch.float64), Net(torch.float64))
+    ]
+    for k in range(7):
+        for net, opt, sched in ((model, optimizer, scheduler), (reference, ref_opt, ref_sched)):
             torch_step(net, opt, k)
             sched.step_update(k + 1)
-    with pytest.raises(TypeError, match=r"TimmLikeScheduler is not one.*count="):
-        torch_interop.from_torch(optimizer, model, schedulers[0])
-    schedules = [
-        lambda count, base=base: base * jnp.minimum(1.0, (count.astype(jnp.float64) + 1) / 10)
-        for base in (0.3, 0.1)
-    ]
-    run = torch_interop.from_torch(optimizer, model, schedules=schedules, count=4)
+    with pytest.raises(TypeError, match=r"CosineLRScheduler is not one.*count="):
+        torch_interop.from_torch(optimizer, model, scheduler)
+    schedules = [timm_port(0.3, 1.0), timm_port(0.1, 0.5)]
+    run = torch_interop.from_torch(optimizer, model, schedules=schedules, count=7)
     state, params = run.state, run.params
-    for k in range(4, 14):
+    for k in range(7, 20):
         torch_step(reference, ref_opt, k)
-        schedulers[1].step_update(k + 1)
+        ref_sched.step_update(k + 1)
         state, params = sgdx_step(run.tx, state, params, k)
         assert_same(params, state, reference, ref_opt, 1e-12, f"after update {k + 1}")
+
+    checkpoint = torch_interop.to_torch(run, state, params)
+    assert checkpoint.optimizer["param_groups"][1]["lr_scale"] == 0.5
+    model = Net(torch.float64)
+    optimizer, scheduler = make(model)
+    optimizer.load_state_dict(checkpoint.optimizer)
+    scheduler.step_update(20)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(checkpoint.parameters[name])
+    for k in range(20, 26):
+        for net, opt, sched in ((model, optimizer, scheduler), (reference, ref_opt, ref_sched)):
+            torch_step(net, opt, k)
+            sched.step_update(k + 1)
+        for a, b in zip(optimizer.param_groups, ref_opt.param_groups, strict=True):
+            assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)
+        for (name, a), b in zip(model.named_parameters(), reference.parameters(), strict=True):
+            close(a.detach().numpy(), b.detach().numpy(), 1e-12, f"{name} after {k + 1}")
 
 
 def test_extra_group_keys_go_back_to_torch():
