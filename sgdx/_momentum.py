@@ -102,17 +102,20 @@ def trace(
 
     undamped = _hyperparams.concrete(dampening) == 0  # (1 - 0) * g is g, exactly
 
-    def leaf(g: jax.Array, buf: jax.Array, initialized: jax.Array) -> tuple[Any, ...]:
+    def leaf(g: jax.Array, buf: jax.Array, *initialized: jax.Array) -> tuple[Any, ...]:
         acc = _tree.match_sharding(g.astype(buf.dtype), buf)
         mu = _hyperparams.cast(momentum, buf)
-        damped = acc if undamped else _hyperparams.cast(1 - dampening, buf) * acc
-        new_buf = _hyperparams.select(initialized, mu * buf + damped, acc)
+        if undamped:  # a buffer that has not started is zero: mu * 0 + g is torch's copy of g
+            new_buf = mu * buf + acc
+        else:
+            damped = _hyperparams.cast(1 - dampening, buf) * acc
+            new_buf = _hyperparams.select(initialized[0], mu * buf + damped, acc)
         direction = acc + mu * new_buf if nesterov else new_buf
         active = momentum != 0  # in the given precision, as torch tests it
         return (
             _hyperparams.select(active, direction, acc).astype(g.dtype),
             _hyperparams.select(active, new_buf, buf),
-            initialized,  # the flags are updated all at once, below
+            *initialized,  # the flags are updated all at once, below
         )
 
     def update_fn(
@@ -120,13 +123,14 @@ def trace(
     ) -> tuple[Updates, TraceState]:
         del params, extra_args
         _tree.check_state(state, TraceState, "trace")
-        flags = _tree.per_leaf(state.initialized, state.momentum_buffer, "momentum flags")
-        new_updates, buffers, _ = _tree.map_updates(
+        trees = [state.momentum_buffer]
+        if not undamped:  # only dampening tells a started buffer from one that is not
+            trees.append(_tree.per_leaf(state.initialized, state.momentum_buffer, "momentum flags"))
+        new_updates, buffers, *_ = _tree.map_updates(
             leaf,
             updates,
-            state.momentum_buffer,
-            flags,
-            names=("momentum buffers", "momentum flags"),
+            *trees,
+            names=("momentum buffers", "momentum flags")[: len(trees)],
             same_shape_as=0,
         )
         # a buffer starts at its parameter's first gradient (with momentum on): one `or`

@@ -185,8 +185,15 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> GradientTransform
             lr = jnp.asarray(scalar)
         # with params given, their tree is the reference the updates must match
         trees, names = ((params,), ("parameters",)) if params is not None else ((), ())
+        negative: dict[Any, jax.Array] = {}  # -lr once per dtype, not once per leaf
+
+        def scale(g: jax.Array, *p: jax.Array) -> tuple[jax.Array, ...]:
+            if g.dtype not in negative:
+                negative[g.dtype] = -_hyperparams.cast(lr, g)
+            return (negative[g.dtype] * g, *p)
+
         updates, *_ = _tree.map_updates(
-            lambda g, *p: (-_hyperparams.cast(lr, g) * g, *p),
+            scale,
             updates,
             *trees,
             names=names,
