@@ -1,9 +1,13 @@
-"""Python snippets in the README and docs/ run as written."""
+"""Python snippets and shell commands in the README and docs/ run as written."""
 
 from __future__ import annotations
 
 import importlib
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -12,6 +16,7 @@ import pytest
 import sgdx
 
 ROOT = Path(__file__).parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def snippets(path):
@@ -26,9 +31,7 @@ def test_readme_quick_start_runs_and_learns():
     assert float(namespace["loss"](params, namespace["x"], namespace["y"])) < 0.1
 
 
-@pytest.mark.parametrize(
-    "path", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name
-)
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: p.name)
 def test_every_snippet_runs(path):
     for code in snippets(path):
         with jax.numpy_dtype_promotion("standard"):
@@ -48,3 +51,46 @@ def test_docs_coverage_check_fails_for_an_undocumented_name(monkeypatch):
     ]
     monkeypatch.setattr(sgdx.sgd, "__doc__", None)
     assert conf.undocumented(api) == ["sgdx.sgd (no docstring)"]
+
+
+def commands(text):
+    """The commands a page shows: each line of its ``sh`` blocks (comments cut) and its
+    inline code that starts like one; not usage lines (``[--plot FILE.png]``, ``a|b``)."""
+    found = [
+        line.split("#")[0].strip()
+        for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+        for line in block.splitlines()
+    ]
+    found += re.findall(r"`((?:python -m sgdx|make) [^`]*)`", text)
+    return {c for c in found if c and not re.search(r"[\[\]|]|\.\.\.|\n", c)}
+
+
+SHOWN = sorted({c for page in PAGES for c in commands(page.read_text())})
+
+
+def test_the_pages_show_the_commands_users_run():
+    assert {"make demo", "make test", "python -m sgdx compare"} <= set(SHOWN)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [c for c in SHOWN if c.startswith("python -m sgdx")])
+def test_every_sgdx_command_shown_runs(command, tmp_path):
+    """Each ``python -m sgdx ...`` on the README and docs pages, run as written in a scratch
+    folder (``--plot curves.png`` writes there): every extra it needs is in the test extra."""
+    result = subprocess.run(
+        [sys.executable, *shlex.split(command)[1:]],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", [c for c in SHOWN if c.startswith("make ")])
+def test_every_make_target_shown_exists(command):
+    """``make demo``, ``make test``, ``make wheel``: each target is in the Makefile (a dry
+    run; running them is what CI and the release do)."""
+    if shutil.which("make") is None:
+        pytest.skip("no make on PATH")
+    result = subprocess.run(
+        ["make", "-n", *shlex.split(command)[1:]], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
