@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 import venv
 import zipfile
@@ -388,3 +389,30 @@ def test_a_kernel_for_a_newer_ffi_api_is_refused_before_registration(installed):
     assert available == "False" and computed == "3.0"
     assert re.search(r"FFI API 0\.\d+, which this jax .* \(FFI API 0\.1\) cannot run", reason)
     assert "--no-build-isolation" in reason
+
+
+@pytest.mark.slow
+def test_the_sdist_carries_what_its_tests_need(tmp_path):
+    """The sdist holds every tracked file but CI's own, so that its tests (examples,
+    benchmarks' smoke runs, the docs check included) run from it unpacked: each test module
+    collects there."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode:
+        pytest.skip("not a git checkout: nothing to compare the sdist with")
+    built = subprocess.run(
+        [sys.executable, "-c", "import sys; from setuptools import build_meta; "
+         "print(build_meta.build_sdist(sys.argv[1]))", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    with tarfile.open(tmp_path / built.stdout.split()[-1]) as sdist:
+        top = sdist.getnames()[0].split("/")[0]
+        names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+        sdist.extractall(tmp_path, filter="data")
+    missing = set(tracked.stdout.split()) - {".ci/run", ".gitignore"} - names
+    assert not missing, sorted(missing)
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=tmp_path / top, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert collected.returncode == 0, collected.stdout[-3000:]
