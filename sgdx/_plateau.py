@@ -7,6 +7,7 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from sgdx import _hyperparams
@@ -17,15 +18,19 @@ LearningRateState = InjectHyperparamsState | ParamGroupsState
 
 
 class ReduceLROnPlateauState(NamedTuple):
-    """State of :func:`reduce_lr_on_plateau`: torch's scheduler attributes of the same names."""
+    """State of :func:`reduce_lr_on_plateau`: torch's scheduler attributes of the same names.
 
-    best: jax.Array
+    Stepped outside ``jax.jit`` (as torch's scheduler is, between updates) it is host state
+    in NumPy, ``best`` a float64 as torch's Python float, whether or not JAX's x64 is on;
+    stepped inside a jit, JAX arrays (``best`` in JAX's default float)."""
+
+    best: jax.Array | np.ndarray
     """The best metric so far (``inf`` for ``mode="min"`` before the first step)."""
-    num_bad_epochs: jax.Array
+    num_bad_epochs: jax.Array | np.ndarray
     """Steps since the metric last improved (int32)."""
-    cooldown_counter: jax.Array
+    cooldown_counter: jax.Array | np.ndarray
     """Steps of cooldown left after a reduction (int32)."""
-    last_epoch: jax.Array
+    last_epoch: jax.Array | np.ndarray
     """Steps taken (int32)."""
 
 
@@ -105,7 +110,10 @@ def reduce_lr_on_plateau(
       min_lr: the floor, one for all groups or per group label.
 
     Returns:
-      A :class:`ReduceLROnPlateau`; ``step`` is pure and can be jitted.
+      A :class:`ReduceLROnPlateau`; ``step`` is pure and can be jitted. Stepped outside
+      ``jax.jit``, as torch's scheduler is, it compares metrics and keeps ``best`` in float64
+      on the host, torch's Python floats, whether or not JAX's x64 is on; inside a jit it
+      compares in JAX's default float (float32 with x64 off).
 
     Raises:
       ValueError: torch's ``Factor should be < 1.0.``, an unknown mode, a negative patience.
@@ -145,15 +153,14 @@ def reduce_lr_on_plateau(
     factor, threshold, eps = float(factor), float(threshold), float(eps)  # Python constants
     sign = 1.0 if mode == "min" else -1.0
 
-    def improves(metric: jax.Array, best: jax.Array) -> jax.Array:
+    def improves(metric: Any, best: Any) -> Any:  # NumPy or JAX arrays
         if threshold_mode == "rel":
             return sign * metric < sign * best * (1 - sign * threshold)
         return sign * metric < sign * best - threshold
 
     def init_fn() -> ReduceLROnPlateauState:
-        zero = jnp.zeros((), jnp.int32)
-        best = jnp.asarray(sign * jnp.inf, _hyperparams.default_float())
-        return ReduceLROnPlateauState(best, zero, zero, zero)
+        zero = np.zeros((), np.int32)
+        return ReduceLROnPlateauState(np.asarray(sign * np.inf), zero, zero, zero)
 
     def floor(label: str | None) -> float:
         if not isinstance(min_lr, Mapping):
@@ -169,13 +176,17 @@ def reduce_lr_on_plateau(
         groups = groups_of(
             opt_state, "reduce_lr_on_plateau changes the learning rate held in the optimizer state"
         )
-        value = jnp.asarray(metric).astype(state.best.dtype)
-        better = improves(value, state.best)
-        best = jnp.where(better, value, state.best)
-        bad = jnp.where(better, 0, state.num_bad_epochs + 1)
+        # outside jax.jit, torch's Python floats: float64 on the host, x64 on or off
+        host = not any(isinstance(x, jax.core.Tracer) for x in (metric, *state))
+        xp: Any = np if host else jnp
+        state = ReduceLROnPlateauState(*(xp.asarray(x) for x in state))
+        value = xp.asarray(metric, dtype=np.float64 if host else state.best.dtype)
+        better = improves(value, state.best.astype(value.dtype))
+        best = xp.where(better, value, state.best)
+        bad = xp.where(better, 0, state.num_bad_epochs + 1)
         in_cooldown = state.cooldown_counter > 0
-        cooldown_counter = jnp.where(in_cooldown, state.cooldown_counter - 1, 0)
-        bad = jnp.where(in_cooldown, 0, bad)
+        cooldown_counter = xp.where(in_cooldown, state.cooldown_counter - 1, 0)
+        bad = xp.where(in_cooldown, 0, bad)
         reduce = bad > patience
         new_groups: dict[Any, InjectHyperparamsState] = {}
         for label, group in groups.items():
@@ -187,9 +198,9 @@ def reduce_lr_on_plateau(
             )
         new_state = ReduceLROnPlateauState(
             best=best,
-            num_bad_epochs=jnp.where(reduce, 0, bad).astype(jnp.int32),
-            cooldown_counter=jnp.where(reduce, cooldown, cooldown_counter).astype(jnp.int32),
-            last_epoch=state.last_epoch + 1,
+            num_bad_epochs=xp.where(reduce, 0, bad).astype(np.int32),
+            cooldown_counter=xp.where(reduce, cooldown, cooldown_counter).astype(np.int32),
+            last_epoch=(state.last_epoch + 1).astype(np.int32),
         )
         if isinstance(opt_state, ParamGroupsState):
             return new_state, opt_state._replace(groups=new_groups)

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 import sgdx
 from sgdx.interop import torch as torch_interop
+from tests import processes
 
 torch = pytest.importorskip("torch")
 lr_scheduler = torch.optim.lr_scheduler
@@ -1155,3 +1156,51 @@ def test_an_lr_set_by_hand_goes_on_as_torch_takes_it_or_is_refused():
         r"0\.0\d+ \(torch's own scheduler, stepped on a copy, is the reference",
     ):
         torch_interop.from_torch(optimizer, model, scheduler)
+
+
+PLATEAU_X64_OFF = """
+import json, warnings
+import jax, torch
+import sgdx
+from sgdx.interop import torch as torch_interop
+
+assert not jax.config.jax_enable_x64  # JAX's default: no float64 arrays
+warnings.simplefilter("ignore")  # torch's "scheduler.step() before optimizer.step()"
+
+
+def make():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    return model, optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=0.5, patience=1, threshold=0.0, threshold_mode="abs"
+    )
+
+
+# improvements that float32 cannot see (0.70000001 is 0.7 in float32)
+METRICS = [0.6, 0.7, 0.7, 0.70000001, 0.7, 0.7, 0.70000002, 0.7, 0.70000003, 0.7, 0.7]
+(model, optimizer, scheduler), (_, ref_opt, ref_sched) = make(), make()
+for metric in METRICS[:2]:
+    scheduler.step(metric)
+    ref_sched.step(metric)
+run = torch_interop.from_torch(optimizer, model, scheduler)
+state, plateau_state, steps = run.state, run.plateau_state, []
+for metric in METRICS[2:]:
+    ref_sched.step(metric)
+    plateau_state, state = run.plateau.step(plateau_state, state, metric)
+    lr = float(sgdx.get_hyperparams(state, group="0")["learning_rate"])
+    steps.append([ref_opt.param_groups[0]["lr"], lr, ref_sched.best, float(plateau_state.best)])
+back = torch_interop.to_torch(run, state, run.params, plateau_state).scheduler["best"]
+print(json.dumps({"steps": steps, "best_back": back, "torch_best": ref_sched.best}))
+"""
+
+
+def test_plateau_compares_in_float64_with_x64_off_as_torch_does():
+    """With JAX's x64 off, the plateau stepped between updates keeps torch's Python-float
+    best and compares metrics in float64: improvements that float32 would miss cut the lr
+    when torch does, and to_torch writes torch's best back unrounded."""
+    out = processes.report(["-c", PLATEAU_X64_OFF])
+    for torch_lr, lr, torch_best, best in out["steps"]:
+        assert lr == np.float32(torch_lr) and best == torch_best
+    assert [s[0] for s in out["steps"]].count(0.25) > 0  # a cut happened
+    assert out["best_back"] == out["torch_best"] == 0.70000003

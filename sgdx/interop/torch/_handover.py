@@ -274,12 +274,11 @@ def from_torch(
             min_lr={str(i): m for i, m in enumerate(_plateau_min_lrs(scheduler, n_groups))},
             eps=scheduler.eps,
         )
-        dtype = plateau.init().best.dtype
-        plateau_state = ReduceLROnPlateauState(
-            best=jnp.asarray(float(scheduler.best), dtype),
-            num_bad_epochs=jnp.asarray(scheduler.num_bad_epochs, jnp.int32),
-            cooldown_counter=jnp.asarray(scheduler.cooldown_counter, jnp.int32),
-            last_epoch=jnp.asarray(scheduler.last_epoch, jnp.int32),
+        plateau_state = ReduceLROnPlateauState(  # host state: torch's Python float best
+            best=np.asarray(float(scheduler.best)),
+            num_bad_epochs=np.asarray(scheduler.num_bad_epochs, np.int32),
+            cooldown_counter=np.asarray(scheduler.cooldown_counter, np.int32),
+            last_epoch=np.asarray(scheduler.last_epoch, np.int32),
         )
     return TorchRun(
         tx=tx,
