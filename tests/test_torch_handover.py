@@ -857,6 +857,54 @@ def test_timms_cosine_scheduler_is_refused_and_continues_with_schedules_and_a_co
             close(a.detach().numpy(), b.detach().numpy(), 1e-12, f"{name} after {k + 1}")
 
 
+def hf_linear(warmup, total):
+    """transformers' get_linear_schedule_with_warmup factor, written with jax.numpy."""
+
+    def factor(count):
+        c = count.astype(jnp.float64)
+        decay = jnp.maximum(0.0, (total - c) / max(1, total - warmup))
+        return jnp.where(c < warmup, c / max(1, warmup), decay)
+
+    return factor
+
+
+def hf_cosine(warmup, total, cycles=0.5):
+    """transformers' get_cosine_schedule_with_warmup factor, written with jax.numpy."""
+
+    def factor(count):
+        c = count.astype(jnp.float64)
+        progress = (c - warmup) / max(1, total - warmup)
+        cosine = jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(jnp.pi * cycles * 2.0 * progress)))
+        return jnp.where(c < warmup, c / max(1, warmup), cosine)
+
+    return factor
+
+
+@pytest.mark.parametrize(("name", "port"), [("linear", hf_linear), ("cosine", hf_cosine)])
+@pytest.mark.parametrize(("to_jax", "to_torch"), [(3, 9), (8, 17)])
+def test_transformers_schedules_are_refused_and_continue_with_schedules(
+    name, port, to_jax, to_torch
+):
+    """transformers' get_{linear,cosine}_schedule_with_warmup (its real code: a LambdaLR
+    whose lambda uses math, which JAX cannot trace): from_torch refuses it and says to pass
+    schedules=; the same factor written with jax.numpy continues the run exactly, mid-warmup
+    and after it, and to_torch hands it back to transformers' scheduler."""
+    transformers = pytest.importorskip("transformers")
+    make_schedule = getattr(transformers, f"get_{name}_schedule_with_warmup")
+
+    def make(model):
+        optimizer = two_groups(model)  # lrs 0.3 and 0.1
+        return optimizer, make_schedule(optimizer, num_warmup_steps=5, num_training_steps=20)
+
+    model = Net(torch.float64)
+    optimizer, scheduler = make(model)
+    with pytest.raises(TypeError, match=r"cannot be traced by JAX.*schedules="):
+        torch_interop.from_torch(optimizer, model, scheduler)
+    factor = port(5, 20)
+    schedules = [sgdx.schedules.lambda_lr(base, factor) for base in (0.3, 0.1)]
+    hand_over_and_back(make, torch.float64, 24, to_jax, to_torch, schedules=schedules)
+
+
 def test_extra_group_keys_go_back_to_torch():
     """timm's lr_scale / layer_decay and a user's key survive the round trip."""
     model = Net(torch.float64)
