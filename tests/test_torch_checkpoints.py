@@ -78,14 +78,20 @@ def torch_steps(model, optimizer, ks, frozen=()):
 
 
 def sgdx_steps(tx, params, state, ks, frozen=()):
-    for k in ks:
+    """Updates ``ks``, the first in a jit that donates the state (a state whose leaves share
+    a buffer cannot be donated: a loaded one must be)."""
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return sgdx.apply_updates(params, updates), state
+
+    for i, k in enumerate(ks):
         grads = gradients(params, k)
         grads = {
             m: {n: (None if f"{m}.{n}" in frozen else jnp.asarray(g)) for n, g in leaves.items()}
             for m, leaves in grads.items()
         }
-        updates, state = tx.update(grads, state, params)
-        params = sgdx.apply_updates(params, updates)
+        params, state = (jax.jit(step, donate_argnums=1) if i == 0 else step)(params, state, grads)
     return params, state
 
 

@@ -63,12 +63,18 @@ def torch_step(model, optimizer, k, frozen=()):
     optimizer.step()
 
 
-def sgdx_step(tx, state, params, k, frozen=()):
+def sgdx_step(tx, state, params, k, frozen=(), donate=False):
+    """One update; with ``donate``, in a jit that donates the state and the parameters (a
+    state whose leaves share a buffer cannot be donated: the hand-over's must be)."""
     grads = {
         n: None if n in frozen else jnp.asarray(grad_of(p, k), p.dtype) for n, p in params.items()
     }
-    updates, state = tx.update(grads, state, params)
-    return state, sgdx.apply_updates(params, updates)
+
+    def step(state, params, grads):
+        updates, state = tx.update(grads, state, params)
+        return state, sgdx.apply_updates(params, updates)
+
+    return (jax.jit(step, donate_argnums=(0, 1)) if donate else step)(state, params, grads)
 
 
 # ------------------------------------------------------------------------ the recipes
@@ -224,7 +230,7 @@ def hand_over_and_back(
     for k in range(to_jax, to_torch):
         torch_step(reference, ref_opt, k, frozen(k))
         scheduler_step(ref_sched, k)
-        state, params = sgdx_step(run.tx, state, params, k, frozen(k))
+        state, params = sgdx_step(run.tx, state, params, k, frozen(k), donate=k == to_jax)
         assert_same(params, state, reference, ref_opt, tolerance, f"after update {k + 1} (sgdx)")
 
     checkpoint = torch_interop.to_torch(run, state, params)
