@@ -234,7 +234,7 @@ def test_fresh_venv_from_the_wheel_with_each_declared_jax(wheel, tmp_path, versi
     """A new user's install: a fresh venv, the wheel and its dependencies from the package
     index with the oldest declared jax, one in the middle or the newest, no compiler on PATH,
     a read-only home. The kernel runs on each, whether sgdx registers it before JAX's
-    backend starts or after a first computation."""
+    backend starts or after a first computation, and every doctest of sgdx's passes."""
     venv.create(tmp_path / "venv", with_pip=True)
     python = str(tmp_path / "venv" / "bin" / "python")
     pins = [] if version == "newest" else [f"jax=={version}", f"jaxlib=={version}"]
@@ -248,6 +248,15 @@ def test_fresh_venv_from_the_wheel_with_each_declared_jax(wheel, tmp_path, versi
         out = run(None, {"HOME": "/proc/sgdx-read-only-home"}, python=python, prefix=prefix)
         assert_reference_numbers(out, True)
         assert out["file"].startswith(str(tmp_path / "venv"))
+    # every public name's doctest, with x64 on as the suite runs them
+    pip("install", "--quiet", "pytest", python=python)
+    (package,) = (tmp_path / "venv").glob("lib/python*/site-packages/sgdx")
+    doctests = subprocess.run(
+        [python, "-m", "pytest", "--doctest-modules", "-q", "-p", "no:cacheprovider", "sgdx"],
+        cwd=package.parent, env={**os.environ, "JAX_ENABLE_X64": "1"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert doctests.returncode == 0, doctests.stdout[-3000:]
 
 
 @pytest.mark.parametrize("cxx", [NO_COMPILER, "no-such-compiler"])
