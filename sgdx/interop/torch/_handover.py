@@ -23,13 +23,13 @@ from sgdx.interop.torch._schedulers import (
     _check_scheduler,
     _detached,
     _fractional,
+    _fractional_epoch,
     _given_schedules,
     _momentum_schedule,
     _plateau_min_lrs,
     _schedule,
     _scheduler_state,
     _scheduler_steps,
-    fractional_epoch,
 )
 from sgdx.interop.torch._state_dict import load_state_dict, state_dict
 from sgdx.schedules import FractionalEpochs
@@ -207,7 +207,7 @@ def from_torch(
         lrs, steps = _fractional(scheduler, optimizer, steps_per_epoch, fractional_epochs)
         count = steps  # the scheduler is stepped once per update
         epoch = functools.partial(
-            fractional_epoch, steps_per_epoch=steps_per_epoch, fractional_epochs=fractional_epochs
+            _fractional_epoch, steps_per_epoch=steps_per_epoch, fractional_epochs=fractional_epochs
         )
     n_groups = len(optimizer.param_groups)
     if schedules is not None and len(schedules) != n_groups:
@@ -388,7 +388,7 @@ def to_torch(
         epoch = None
         if fractional and updates:  # the epoch the run passed after its last update
             assert run.fractional_epochs is not None
-            epoch = fractional_epoch(count - 1, per, run.fractional_epochs)
+            epoch = _fractional_epoch(count - 1, per, run.fractional_epochs)
         scheduler_state = _scheduler_state(
             run.scheduler, 0 if fractional else updates, written, plateau_state, epoch
         )

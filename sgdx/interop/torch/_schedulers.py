@@ -227,7 +227,7 @@ def _step(scheduler: Any, epoch: float | None = None) -> None:
         scheduler.step() if epoch is None else scheduler.step(epoch)
 
 
-def fractional_epoch(k: int, steps_per_epoch: int, fractional_epochs: FractionalEpochs) -> float:
+def _fractional_epoch(k: int, steps_per_epoch: int, fractional_epochs: FractionalEpochs) -> float:
     """The epoch a run passes to ``scheduler.step`` after update ``k`` (from 0): ``epoch + i /
     n`` or ``epoch + (i + 1) / n`` for batch ``i`` of ``n``, as the run's Python float."""
     offset = 0 if fractional_epochs == "i" else 1
@@ -255,7 +255,7 @@ def _fractional(
         count = 0  # built, not stepped yet: epoch 0 either way
     probe = _detached(scheduler, optimizer)
     if count:
-        _step(probe, fractional_epoch(count - 1, n, fractional_epochs))
+        _step(probe, _fractional_epoch(count - 1, n, fractional_epochs))
     attributes = ("T_cur", "T_i", "last_epoch")
     if any(getattr(probe, a) != getattr(scheduler, a) for a in attributes):
         raise ValueError(
