@@ -1059,6 +1059,46 @@ RANDOM_SCHEDULERS = {  # those of any group count, and two with one rule for all
     "OneCycleLR": lambda o: lr_scheduler.OneCycleLR(o, 0.5, total_steps=40, three_phase=True),
     "CyclicLR": lambda o: lr_scheduler.CyclicLR(o, 0.01, 0.3, 3, 2),
 }
+_steps, _factors = st.integers(1, 6), st.sampled_from([0.1, 0.5, 0.9, 1.0])
+RANDOM_ARGUMENTS = {  # drawn instead of the fixed ones, where a class takes them
+    "StepLR": st.fixed_dictionaries({"step_size": _steps, "gamma": _factors}),
+    "MultiStepLR": st.fixed_dictionaries(
+        {"milestones": st.lists(st.integers(1, 12), max_size=4), "gamma": _factors}
+    ),
+    "ExponentialLR": st.fixed_dictionaries({"gamma": _factors}),
+    "ConstantLR": st.fixed_dictionaries({"factor": _factors, "total_iters": _steps}),
+    "LinearLR": st.fixed_dictionaries(
+        {"start_factor": _factors, "end_factor": _factors, "total_iters": _steps}
+    ),
+    "PolynomialLR": st.fixed_dictionaries(
+        {"total_iters": _steps, "power": st.sampled_from([0.5, 1.0, 2.0])}
+    ),
+    "CosineAnnealingLR": st.fixed_dictionaries(
+        {"T_max": _steps, "eta_min": st.sampled_from([0.0, 1e-3])}
+    ),
+    "CosineAnnealingWarmRestarts": st.fixed_dictionaries(
+        {"T_0": _steps, "T_mult": st.integers(1, 3), "eta_min": st.sampled_from([0.0, 1e-3])}
+    ),
+    "OneCycleLR": st.fixed_dictionaries(
+        {
+            "max_lr": st.sampled_from([0.1, 0.5]),
+            "total_steps": st.integers(30, 60),
+            "pct_start": st.sampled_from([0.1, 0.3, 0.5]),
+            "anneal_strategy": st.sampled_from(["cos", "linear"]),
+            "three_phase": st.booleans(),
+        }
+    ),
+    "CyclicLR": st.fixed_dictionaries(
+        {
+            "base_lr": st.just(0.01),
+            "max_lr": st.sampled_from([0.1, 0.3]),
+            "step_size_up": _steps,
+            "step_size_down": st.none() | _steps,
+            "mode": st.sampled_from(["triangular", "triangular2", "exp_range"]),
+            "gamma": st.sampled_from([0.9, 1.0]),
+        }
+    ),
+}
 
 
 @st.composite
@@ -1091,12 +1131,14 @@ def runs(draw):
     to_jax = draw(st.integers(1, 8))
     to_torch = draw(st.integers(to_jax + 1, to_jax + 8))
     scheduler = draw(st.sampled_from(sorted(RANDOM_SCHEDULERS)))
+    arguments = draw(RANDOM_ARGUMENTS[scheduler]) if scheduler in RANDOM_ARGUMENTS else None
     fractional = None  # CosineAnnealingWarmRestarts may be stepped with fractional epochs
     if scheduler == "CosineAnnealingWarmRestarts":
         fractional = draw(st.sampled_from([None, "i", "i + 1"]))
     # the last group added after the scheduler was built (those that drive such a group)
     added_late = n_groups > 1 and scheduler in CHAINABLE and draw(st.booleans())
     return dict(
+        arguments=arguments,
         added_late=added_late,
         owner=owner,
         groups=groups,
@@ -1125,7 +1167,11 @@ def test_random_runs_hand_over_both_ways_with_torchs_numbers(run):
         ]
         late = param_groups.pop() if run["added_late"] else None
         optimizer = torch.optim.SGD(param_groups, lr=0.1)
-        scheduler = RANDOM_SCHEDULERS[run["scheduler"]](optimizer)
+        if run["arguments"] is None:
+            scheduler = RANDOM_SCHEDULERS[run["scheduler"]](optimizer)
+        else:
+            kind = getattr(lr_scheduler, run["scheduler"])
+            scheduler = kind(optimizer, **run["arguments"])
         if late is not None:
             optimizer.add_param_group(late)
         return optimizer, scheduler
