@@ -32,12 +32,13 @@ BIN = Path(sys.executable).parent  # this environment's: zig, auditwheel and pat
 
 
 def build_requirements() -> list[str]:
-    """pyproject.toml's build requirements, with jax pinned to the oldest it declares."""
+    """pyproject.toml's build requirements, with jax (and jaxlib, whose headers the kernel
+    is built with) pinned to the oldest it declares."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     (declared,) = [d for d in pyproject["project"]["dependencies"] if re.match(r"jax\b", d)]
     lowest = re.search(r">=\s*([\w.]+)", declared)[1]  # type: ignore[index]
-    requires = pyproject["build-system"]["requires"]
-    return [f"jax=={lowest}" if re.match(r"jax\b", r) else r for r in requires]
+    requires = [r for r in pyproject["build-system"]["requires"] if not re.match(r"jax\b", r)]
+    return [*requires, f"jax=={lowest}", f"jaxlib=={lowest}"]
 
 
 def build(outdir: Path) -> Path:
@@ -65,8 +66,8 @@ def build(outdir: Path) -> Path:
                         "--wheel-dir", str(outdir), str(wheel)],
                        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
                        check=True)  # fmt: skip
-    (built,) = [w for w in outdir.glob("sgdx-*.whl") if tag in w.name]
-    return built
+    # the newest, should the folder hold earlier builds
+    return max((w for w in outdir.glob("sgdx-*.whl") if tag in w.name), key=os.path.getmtime)
 
 
 if __name__ == "__main__":
