@@ -297,6 +297,7 @@ def polynomial_lr(base_lr: float, total_iters: int = 5, power: float = 1.0) -> S
 
 # how a run steps CosineAnnealingWarmRestarts after batch i: epoch + i / n, or epoch + (i + 1) / n
 FractionalEpochs = Literal["i", "i + 1"]
+_EPOCH_OFFSET: dict[str, int] = {"i": 0, "i + 1": 1}  # each convention's batch offset
 
 
 def cosine_annealing_warm_restarts(
@@ -336,13 +337,13 @@ def cosine_annealing_warm_restarts(
     eta_min = float(eta_min)
     if steps_per_epoch is not None:
         _count(steps_per_epoch, "steps_per_epoch")
-        if fractional_epochs not in ("i", "i + 1"):
+        if fractional_epochs not in _EPOCH_OFFSET:
             raise ValueError(
                 f'fractional_epochs must be "i" or "i + 1" (the scheduler stepped with epoch + '
                 f"i / steps_per_epoch or epoch + (i + 1) / steps_per_epoch after batch i), got "
                 f"{fractional_epochs!r}."
             )
-        offset = 0 if fractional_epochs == "i" else 1
+        offset = _EPOCH_OFFSET[fractional_epochs]
         return _fractional_warm_restarts(base_lr, t_0, t_mult, eta_min, steps_per_epoch, offset)
 
     def schedule(count: jax.Array) -> jax.Array:
@@ -396,10 +397,11 @@ def _fractional_warm_restarts(
         if t_mult == 1:
             t_cur, t_i = xp.remainder(x, float(t_0)), float(t_0)
         else:
-            cycle = xp.searchsorted(xp.asarray(starts), x, side="right") - 1
+            start = xp.asarray(starts)
+            cycle = xp.searchsorted(start, x, side="right") - 1
             late = xp.asarray(at_start).astype(cycle.dtype)[cycle]
-            cycle = xp.where(x == xp.asarray(starts)[cycle], late, cycle)
-            t_cur, t_i = x - xp.asarray(starts)[cycle], xp.asarray(lengths)[cycle]
+            cycle = xp.where(x == start[cycle], late, cycle)
+            t_cur, t_i = x - start[cycle], xp.asarray(lengths)[cycle]
         return eta_min + (base_lr - eta_min) * (1 + xp.cos(xp.pi * t_cur / t_i)) / 2
 
     def exact(k: np.ndarray) -> np.ndarray:

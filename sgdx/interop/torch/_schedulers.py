@@ -36,20 +36,6 @@ def _traceable(fn: Callable[[Any], Any], kind: str) -> Callable[[Any], Any]:
     return fn
 
 
-def _chainable(torch: Any) -> tuple[type, ...]:
-    """The schedulers whose step multiplies every group's current lr by one factor, so that
-    they also drive a group added with ``add_param_group`` after they were built."""
-    lr_scheduler = torch.optim.lr_scheduler
-    return (
-        lr_scheduler.StepLR,
-        lr_scheduler.MultiStepLR,
-        lr_scheduler.ExponentialLR,
-        lr_scheduler.ConstantLR,
-        lr_scheduler.LinearLR,
-        lr_scheduler.PolynomialLR,
-    )
-
-
 def _schedule(scheduler: Any, group: int) -> Schedule:
     """torch's scheduler as an sgdx schedule for one param group, over scheduler steps."""
     if _multiplies(scheduler):
@@ -134,13 +120,23 @@ def _converted(scheduler: Any, group: int, base: float | None = None) -> Schedul
 
 
 def _multiplies(scheduler: Any) -> bool:
-    """Whether ``scheduler``'s step multiplies each group's current lr by one factor (a
-    chainable scheduler, or a ChainedScheduler of them)."""
+    """Whether ``scheduler``'s step multiplies each group's current lr by one factor (so that
+    it also drives a group added with ``add_param_group`` after it was built): one of the
+    chainable schedulers below, or a ChainedScheduler of them."""
     torch = _torch()
 
-    if type(scheduler) is torch.optim.lr_scheduler.ChainedScheduler:
+    lr_scheduler = torch.optim.lr_scheduler
+    if type(scheduler) is lr_scheduler.ChainedScheduler:
         return all(_multiplies(child) for child in scheduler._schedulers)
-    return isinstance(scheduler, _chainable(torch))
+    chainable = (
+        lr_scheduler.StepLR,
+        lr_scheduler.MultiStepLR,
+        lr_scheduler.ExponentialLR,
+        lr_scheduler.ConstantLR,
+        lr_scheduler.LinearLR,
+        lr_scheduler.PolynomialLR,
+    )
+    return isinstance(scheduler, chainable)
 
 
 def _unit(scheduler: Any, group: int) -> Schedule:
@@ -230,7 +226,7 @@ def _step(scheduler: Any, epoch: float | None = None) -> None:
 def _fractional_epoch(k: int, steps_per_epoch: int, fractional_epochs: FractionalEpochs) -> float:
     """The epoch a run passes to ``scheduler.step`` after update ``k`` (from 0): ``epoch + i /
     n`` or ``epoch + (i + 1) / n`` for batch ``i`` of ``n``, as the run's Python float."""
-    offset = 0 if fractional_epochs == "i" else 1
+    offset = _schedules._EPOCH_OFFSET[fractional_epochs]
     return k // steps_per_epoch + (k % steps_per_epoch + offset) / steps_per_epoch
 
 
@@ -250,7 +246,7 @@ def _fractional(
         )
     n = steps_per_epoch
     batch = round(float(scheduler.T_cur) % 1 * n) % n  # T_cur's fraction is the epoch's
-    count = int(scheduler.last_epoch) * n + batch + (1 if fractional_epochs == "i" else 0)
+    count = int(scheduler.last_epoch) * n + batch + 1 - _schedules._EPOCH_OFFSET[fractional_epochs]
     if count == 1 and fractional_epochs == "i" and not getattr(optimizer, "_opt_called", False):
         count = 0  # built, not stepped yet: epoch 0 either way
     probe = _detached(scheduler, optimizer)
@@ -297,6 +293,7 @@ def _check_scheduler(scheduler: Any, optimizer: Any, fractional: bool) -> None:
             "scheduler's own position when the run goes back to torch."
         )
     n_groups = len(optimizer.param_groups)
+    multiplies = _multiplies(scheduler)
     for child in _children(scheduler):
         if child.optimizer is not optimizer:
             raise ValueError(
@@ -304,7 +301,7 @@ def _check_scheduler(scheduler: Any, optimizer: Any, fractional: bool) -> None:
                 "given; pass the scheduler built on this optimizer."
             )
         per_group = getattr(child, "base_lrs", getattr(child, "min_lrs", None))
-        drives_new_groups = _multiplies(scheduler) or getattr(child, "default_min_lr", None)
+        drives_new_groups = multiplies or getattr(child, "default_min_lr", None)
         if per_group is not None and len(per_group) != n_groups and not drives_new_groups:
             raise ValueError(
                 f"from_torch: the optimizer has {n_groups} param groups, but its "
