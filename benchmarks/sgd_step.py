@@ -5,10 +5,12 @@
 
 Configuration: float32, momentum 0.9, nesterov, weight decay 1e-4, lr 0.1. Each model runs
 in a process of its own; inside it every variant is warmed up, then the variants take turns
-(one sample each per round) so that they see the same machine state. Each timed sample
-follows an untimed one of the same variant: a framework's threads still spin for a while
-after its step, and a JAX step timed right after torch's paid about 4 ms more on ResNet-50
-(2 cores) than the same step timed after itself. The table reports
+(one sample each per round, in a new random order each round) so that they see the same
+machine state. Each timed sample follows an untimed one of the same variant: a framework's
+threads still spin for a while after its step, and a JAX step timed right after torch's paid
+about 4 ms more on ResNet-50 (2 cores) than the same step timed after itself. Even after the
+untimed sample, the variant that always came first after torch's measured up to 7% slower
+than the same variant placed elsewhere, hence the order drawn anew. The table reports
 the median (min-max) step time, effective bandwidth at 20 bytes per parameter (read param,
 grad, buffer; write param, buffer), the fraction of the roofline, the ratio to each peer,
 compile time, and peak memory from a fresh process per variant against the ideal
@@ -312,8 +314,9 @@ def child(
         for name in variants:
             samples[name]()
     times: dict[str, list[float]] = {name: [] for name in variants}
+    order = np.random.default_rng(0)
     for _ in range(rounds):
-        for name in variants:
+        for name in order.permutation(variants):
             samples[name]()  # untimed: see the module docstring
             start = time.perf_counter()
             samples[name]()
