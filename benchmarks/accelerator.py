@@ -252,12 +252,16 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: a check, not figures")
     parser.add_argument("--rounds", type=int, help="default 20 (2 with --smoke)")
     parser.add_argument("--out", default="benchmarks/results_accelerator.json")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     rounds = args.rounds or (2 if args.smoke else 20)
     jax.config.update("jax_enable_x64", True)  # the float64 reference; runs give dtypes
     device = jax.devices()[0]

@@ -382,7 +382,7 @@ def machine(device: str) -> str:
     return f"{torch.cuda.get_device_name()} (host {cpu})"
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -392,7 +392,11 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     variants = args.variants or list(GPU_VARIANTS if args.device == "gpu" else VARIANTS)
     steps = args.steps_per_sample or (20 if args.device == "gpu" else 1)
     if args.child:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import shlex
 import shutil
@@ -61,8 +62,11 @@ def commands(text):
         for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S)
         for line in block.splitlines()
     ]
-    found += re.findall(r"`((?:python -m sgdx|make) [^`]*)`", text)
-    return {c for c in found if c and not re.search(r"[\[\]|]|\.\.\.|\n", c)}
+    found += [
+        " ".join(c.split())  # an inline command may wrap over lines
+        for c in re.findall(r"`((?:python -m sgdx|python benchmarks/|make )[^`]*)`", text)
+    ]
+    return {c for c in found if c and not re.search(r"[\[\]|]|\.\.\.", c)}
 
 
 SHOWN = sorted({c for page in PAGES for c in commands(page.read_text())})
@@ -82,6 +86,18 @@ def test_every_sgdx_command_shown_runs(command, tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", [c for c in SHOWN if c.startswith("python benchmarks/")])
+def test_every_benchmark_command_shown_parses(command):
+    """Each ``python benchmarks/...`` on the pages is accepted by that script's own parser
+    (running one takes minutes; ``test_accelerator_script.py`` runs one at tiny sizes): an
+    option or choice the script does not have exits 2."""
+    script, *args = shlex.split(command)[1:]
+    spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.parse_args(args)
 
 
 @pytest.mark.parametrize("command", [c for c in SHOWN if c.startswith("make ")])
