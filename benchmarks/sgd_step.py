@@ -2,6 +2,7 @@
 
     python benchmarks/sgd_step.py [--models gpt2 resnet50 many_leaves] [--rounds 20]
     python benchmarks/sgd_step.py --device gpu --out benchmarks/results_gpu.json
+    python benchmarks/sgd_step.py --smoke  # tiny sizes: a check that it runs, not figures
 
 Configuration: float32, momentum 0.9, nesterov, weight decay 1e-4, lr 0.1. Each model runs
 in a process of its own; inside it every variant is warmed up, then the variants take turns
@@ -121,6 +122,12 @@ def many_leaves_shapes() -> list[tuple[int, ...]]:
 
 
 MODELS = {"gpt2": gpt2_shapes, "resnet50": resnet50_shapes, "many_leaves": many_leaves_shapes}
+
+
+def model_shapes(model: str, smoke: bool) -> list[tuple[int, ...]]:
+    """The model's leaf shapes; with ``--smoke`` its first 20 leaves, at most 8 per axis."""
+    shapes = MODELS[model]()
+    return [tuple(min(d, 8) for d in s) for s in shapes[:20]] if smoke else shapes
 
 
 def torch_groups(params: list) -> list[dict]:
@@ -248,11 +255,13 @@ def make_variant(name: str, shapes: list[tuple[int, ...]], device: str, steps: i
     return sample, compile_seconds, steps
 
 
-def roofline_gbps(rounds: int, device: str) -> float:
-    """In-place ``y += a * x`` with torch's kernel: 64M float32 on CPU, 512M on a GPU."""
+def roofline_gbps(rounds: int, device: str, smoke: bool) -> float:
+    """In-place ``y += a * x`` with torch's kernel: 64M float32 on CPU, 512M on a GPU (64K
+    with ``--smoke``)."""
     import torch
 
     where, n = ("cuda", 512 << 20) if device == "gpu" else ("cpu", 64 << 20)
+    n = 1 << 16 if smoke else n
     y, x = torch.ones(n, device=where), torch.full((n,), 0.5, device=where)
     times = []
     for _ in range(rounds + 3):
@@ -264,7 +273,7 @@ def roofline_gbps(rounds: int, device: str) -> float:
     return 12 * n / float(np.median(times[3:])) / 1e9
 
 
-def peak_memory(model: str, variant: str, device: str) -> tuple[float, float]:
+def peak_memory(model: str, variant: str, device: str, smoke: bool) -> tuple[float, float]:
     """Peak memory of a fresh process running the variant, in bytes: the whole run's (from
     after the imports: building the arrays, compiling, stepping) and the steps' own (the
     peak over three steps minus what was resident before them, i.e. what a step allocates
@@ -279,7 +288,8 @@ def peak_memory(model: str, variant: str, device: str) -> tuple[float, float]:
         "status = lambda: open('/proc/self/status').read()\n"
         "kb = lambda k: 1024 * int(re.search(k + r':\\s+(\\d+)', status())[1])\n"
         "base = kb('VmHWM')\n"
-        f"sample, _, _ = b.make_variant({variant!r}, b.MODELS[{model!r}](), {device!r}, 1)\n"
+        f"shapes = b.model_shapes({model!r}, {smoke})\n"
+        f"sample, _, _ = b.make_variant({variant!r}, shapes, {device!r}, 1)\n"
     )
     if device == "cpu":
         code += (
@@ -301,9 +311,10 @@ def peak_memory(model: str, variant: str, device: str) -> tuple[float, float]:
 
 
 def child(
-    model: str, rounds: int, variants: list[str], memory: bool, device: str, steps: int
-) -> dict:
-    shapes = MODELS[model]()
+    model: str, rounds: int, variants: list[str], memory: bool, device: str, steps: int,
+    smoke: bool,
+) -> dict:  # fmt: skip
+    shapes = model_shapes(model, smoke)
     n = int(sum(np.prod(s) for s in shapes))
     samples, compile_times, sample_steps = {}, {}, {}
     for name in variants:
@@ -321,7 +332,7 @@ def child(
             start = time.perf_counter()
             samples[name]()
             times[name].append((time.perf_counter() - start) / sample_steps[name])
-    roofline = roofline_gbps(rounds, device)
+    roofline = roofline_gbps(rounds, device, smoke)
     ideal_bytes = 3 * 4 * n
     result = {"model": model, "params": n, "leaves": len(shapes), "roofline_gbps": roofline,
               "ideal_step_ms": 20 * n / roofline / 1e6, "variants": {}}  # fmt: skip
@@ -337,7 +348,7 @@ def child(
         }
         entry["roofline_fraction"] = entry["gbps"] / roofline
         if memory:
-            whole, steps_only = peak_memory(model, name, device)
+            whole, steps_only = peak_memory(model, name, device, smoke)
             entry["peak_over_ideal"] = whole / ideal_bytes
             entry["step_extra_over_ideal"] = steps_only / ideal_bytes
         result["variants"][name] = entry
@@ -391,6 +402,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps-per-sample", type=int, help="default: 1 on CPU, 20 on a GPU")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument(
+        "--smoke", action="store_true", help="each model's first 20 leaves, at most 8 per axis: "
+        "a check that the command runs, not figures",
+    )  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -400,7 +415,9 @@ def main() -> None:
     variants = args.variants or list(GPU_VARIANTS if args.device == "gpu" else VARIANTS)
     steps = args.steps_per_sample or (20 if args.device == "gpu" else 1)
     if args.child:
-        result = child(args.child, args.rounds, variants, not args.no_memory, args.device, steps)
+        result = child(
+            args.child, args.rounds, variants, not args.no_memory, args.device, steps, args.smoke
+        )
         print(json.dumps(result))
         return
     # JAX on the benchmarked device only, allocating as it goes (torch shares the GPU)
@@ -412,6 +429,7 @@ def main() -> None:
         command = [sys.executable, __file__, "--child", model, "--rounds", str(args.rounds)]
         command += ["--device", args.device, "--steps-per-sample", str(steps)]
         command += ["--variants", *variants, *(["--no-memory"] if args.no_memory else [])]
+        command += ["--smoke"] if args.smoke else []
         out = subprocess.run(command, capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(out.stderr[-3000:])

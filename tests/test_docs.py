@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import re
 import shlex
 import shutil
@@ -15,6 +16,7 @@ import jax
 import pytest
 
 import sgdx
+from tests import processes
 
 ROOT = Path(__file__).parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -88,16 +90,41 @@ def test_every_sgdx_command_shown_runs(command, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("command", [c for c in SHOWN if c.startswith("python benchmarks/")])
-def test_every_benchmark_command_shown_parses(command):
-    """Each ``python benchmarks/...`` on the pages is accepted by that script's own parser
-    (running one takes minutes; ``test_accelerator_script.py`` runs one at tiny sizes): an
-    option or choice the script does not have exits 2."""
+BENCHMARKS = [c for c in SHOWN if c.startswith("python benchmarks/")]
+
+
+def benchmark_script(command):
+    """The script a ``python benchmarks/...`` command runs, loaded as a module, and its
+    arguments."""
     script, *args = shlex.split(command)[1:]
     spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module, args
+
+
+@pytest.mark.parametrize("command", BENCHMARKS)
+def test_every_benchmark_command_shown_parses(command):
+    """Each ``python benchmarks/...`` on the pages is accepted by its script's own parser:
+    an option or choice the script does not have exits 2."""
+    module, args = benchmark_script(command)
     module.parse_args(args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [c for c in BENCHMARKS if "--device gpu" not in c])
+def test_every_cpu_benchmark_command_shown_runs(command, tmp_path):
+    """Each CPU benchmark command on the pages, run as written at tiny sizes (``--smoke``; a
+    real run takes minutes), writes a result for every model and variant it asks for."""
+    module, args = benchmark_script(command)
+    out = tmp_path / "results.json"
+    processes.run([*shlex.split(command)[1:], "--smoke", "--out", str(out)])
+    asked = module.parse_args(args)
+    results = json.loads(out.read_text())["models"]
+    assert [r["model"] for r in results] == asked.models
+    for result in results:
+        assert set(result["variants"]) == set(asked.variants or module.VARIANTS)
+        assert all(v["median_ms"] > 0 for v in result["variants"].values())
 
 
 @pytest.mark.parametrize("command", [c for c in SHOWN if c.startswith("make ")])
