@@ -300,6 +300,16 @@ FractionalEpochs = Literal["i", "i + 1"]
 _EPOCH_OFFSET: dict[str, int] = {"i": 0, "i + 1": 1}  # each convention's batch offset
 
 
+def _fractional_epoch(
+    k: Any, steps_per_epoch: int, fractional_epochs: FractionalEpochs, real: Any = float
+) -> Any:
+    """The epoch a run passes to ``scheduler.step`` after update ``k`` (from 0): ``epoch + i /
+    n`` or ``epoch + (i + 1) / n`` for batch ``i`` of ``n``, as the run's Python float (or in
+    ``real``'s floats, for arrays of updates)."""
+    n = steps_per_epoch
+    return real(k // n) + real(k % n + _EPOCH_OFFSET[fractional_epochs]) / n
+
+
 def cosine_annealing_warm_restarts(
     base_lr: float,
     t_0: int,
@@ -343,8 +353,9 @@ def cosine_annealing_warm_restarts(
                 f"i / steps_per_epoch or epoch + (i + 1) / steps_per_epoch after batch i), got "
                 f"{fractional_epochs!r}."
             )
-        offset = _EPOCH_OFFSET[fractional_epochs]
-        return _fractional_warm_restarts(base_lr, t_0, t_mult, eta_min, steps_per_epoch, offset)
+        return _fractional_warm_restarts(
+            base_lr, t_0, t_mult, eta_min, steps_per_epoch, fractional_epochs
+        )
 
     def schedule(count: jax.Array) -> jax.Array:
         t = jnp.asarray(count, jnp.int32)
@@ -376,10 +387,15 @@ def cosine_annealing_warm_restarts(
 
 
 def _fractional_warm_restarts(
-    base_lr: float, t_0: int, t_mult: int, eta_min: float, steps_per_epoch: int, offset: int
+    base_lr: float,
+    t_0: int,
+    t_mult: int,
+    eta_min: float,
+    steps_per_epoch: int,
+    fractional_epochs: FractionalEpochs,
 ) -> Schedule:
     """:func:`cosine_annealing_warm_restarts` over updates, its scheduler stepped after
-    update ``k`` (from 0) with the epoch ``k // n + (k % n + offset) / n``."""
+    update ``k`` (from 0) with the epoch :func:`_fractional_epoch` gives."""
     n = steps_per_epoch
     # torch's step(epoch) finds the cycle as int(math.log(epoch / T_0 * (T_mult - 1) + 1,
     # T_mult)): each cycle's start and length, and the cycle that formula gives at the start
@@ -393,7 +409,7 @@ def _fractional_warm_restarts(
 
     def rate(k: Any, xp: Any) -> Any:
         real = _float if xp is jnp else (lambda a: a.astype(np.float64))
-        x = real(k // n) + real(k % n + offset) / n  # the epoch, as the run's Python float
+        x = _fractional_epoch(k, n, fractional_epochs, real)
         if t_mult == 1:
             t_cur, t_i = xp.remainder(x, float(t_0)), float(t_0)
         else:

@@ -18,7 +18,7 @@ import pytest
 import sgdx
 from tests import processes
 
-ROOT = Path(__file__).parents[1]
+ROOT = processes.ROOT
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 

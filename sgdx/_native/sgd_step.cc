@@ -31,7 +31,6 @@ namespace ffi = xla::ffi;
 #define SGDX_X86_64 1
 #endif
 
-
 namespace {
 
 template <typename T>

@@ -23,7 +23,6 @@ from sgdx.interop.torch._schedulers import (
     _check_scheduler,
     _detached,
     _fractional,
-    _fractional_epoch,
     _given_schedules,
     _momentum_schedule,
     _plateau_min_lrs,
@@ -32,7 +31,7 @@ from sgdx.interop.torch._schedulers import (
     _scheduler_steps,
 )
 from sgdx.interop.torch._state_dict import load_state_dict, state_dict
-from sgdx.schedules import FractionalEpochs
+from sgdx.schedules import FractionalEpochs, _fractional_epoch
 
 
 class TorchRun(NamedTuple):

@@ -223,13 +223,6 @@ def _step(scheduler: Any, epoch: float | None = None) -> None:
         scheduler.step() if epoch is None else scheduler.step(epoch)
 
 
-def _fractional_epoch(k: int, steps_per_epoch: int, fractional_epochs: FractionalEpochs) -> float:
-    """The epoch a run passes to ``scheduler.step`` after update ``k`` (from 0): ``epoch + i /
-    n`` or ``epoch + (i + 1) / n`` for batch ``i`` of ``n``, as the run's Python float."""
-    offset = _schedules._EPOCH_OFFSET[fractional_epochs]
-    return k // steps_per_epoch + (k % steps_per_epoch + offset) / steps_per_epoch
-
-
 def _fractional(
     scheduler: Any, optimizer: Any, steps_per_epoch: int, fractional_epochs: FractionalEpochs
 ) -> tuple[list[Schedule], int]:
@@ -251,7 +244,7 @@ def _fractional(
         count = 0  # built, not stepped yet: epoch 0 either way
     probe = _detached(scheduler, optimizer)
     if count:
-        _step(probe, _fractional_epoch(count - 1, n, fractional_epochs))
+        _step(probe, _schedules._fractional_epoch(count - 1, n, fractional_epochs))
     attributes = ("T_cur", "T_i", "last_epoch")
     if any(getattr(probe, a) != getattr(scheduler, a) for a in attributes):
         raise ValueError(
